@@ -1,0 +1,3 @@
+from convae.cli import main
+
+raise SystemExit(main())

@@ -32,3 +32,42 @@ def test_module_entry_point_has_no_traceback():
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "layer 1 'maxpool(4)'" in result.stderr
+
+
+def test_train_from_config_file_with_flag_override(tmp_path, capsys):
+    import json
+
+    from helpers import write_npz
+
+    data = write_npz(tmp_path / "d.npz")
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(
+        f'data = "npy:{data}"\n'
+        'arch = "conv(4,3,stride=2) relu dense(4)"\n'
+        "epochs = 5\nbatch_size = 32\nhistograms = false\n"
+    )
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--epochs", "1", "--out", str(out), "--quiet"]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["epochs"] == 1 and saved["batch_size"] == 32  # flag wins, file fills the rest
+    printed = capsys.readouterr().out
+    assert f"tensorboard --logdir {out}" in printed and "val_mse" in printed
+
+
+def test_train_user_errors_are_one_line_and_leave_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    cases = [
+        ["--data", "nosuch"],
+        ["--data", f"npy:{tmp_path / 'missing.npy'}"],
+        ["--data", "digits", "--arch", "conv(8,9,padding=valid) dense(2)"],
+        ["--data", "digits", "--arch", "nosuchpreset"],
+    ]
+    for args in cases:
+        assert main(["train", *args, "--out", str(out), "--quiet"]) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("convae: error: ") and err.count("\n") == 1, err
+        assert not out.exists()
+    bad = tmp_path / "bad.toml"
+    bad.write_text("epochs = \n")
+    assert main(["train", "--config", str(bad)]) == 2
+    assert "bad.toml: cannot parse" in capsys.readouterr().err

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from convae.errors import ConvaeError
 
@@ -38,6 +39,111 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _image_size(text: str) -> list[int]:
+    shape = list(_shape(text))
+    if len(shape) == 1:
+        shape *= 2
+    if len(shape) != 2 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an image size like 28 or 32,48")
+    return shape
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"'{text}' is not true or false")
+
+
+# flag, type or action, help, choices. Every flag is also a key of a --config file.
+TRAIN_FLAGS: list[tuple[str, Any, str, tuple | None]] = [
+    ("--data", str, "fashion-mnist, mnist, digits, folder:PATH or npy:PATH (default fashion-mnist)", None),
+    ("--data-dir", str, "where to look for dataset files first", None),
+    ("--channels", int, "folder images: 1 (grayscale) or 3 (RGB)", (1, 3)),
+    ("--image-size", _image_size, "folder images: resize and centre-crop to H,W", None),
+    ("--val-fraction", float, "share of training data held out for validation (default 0.1)", None),
+    ("--normalize", str, "input preparation (default unit)", ("none", "unit", "standardize", "zca")),
+    ("--zca-epsilon", float, "ZCA whitening epsilon (default 0.01)", None),
+    ("--noise", str, "denoising: gaussian:0.3, masking:0.25 or saltpepper:0.1", None),
+    ("--arch", str, "preset name or architecture string (default fmnist-32; see `convae presets`)", None),
+    ("--output", str, "output activation (default: sigmoid for unit, else identity)", ("sigmoid", "identity", "tanh")),
+    ("--tied", _bool, "decoder reuses encoder weights (true/false)", None),
+    ("--upsample", str, "transposed conv or resize+conv", ("transpose", "resize")),
+    ("--loss", str, "reconstruction loss (default mse)", ("mse", "bce", "l1")),
+    ("--optimizer", str, "optimizer (default adam)", ("adam", "adamw")),
+    ("--lr", float, "learning rate (peak rate for onecycle)", None),
+    ("--weight-decay", float, "weight decay (default 0)", None),
+    ("--schedule", str, "learning-rate schedule (default constant)", ("constant", "cosine", "onecycle")),
+    ("--epochs", int, "epochs (default 10)", None),
+    ("--batch-size", int, "batch size (default 128)", None),
+    ("--clip-grad", float, "clip the gradient norm to this value", None),
+    ("--patience", int, "early stopping: epochs without validation improvement", None),
+    ("--seed", int, "random seed (default 0)", None),
+    ("--device", str, "auto, cpu, cuda or cuda:N (default auto)", None),
+    ("--channels-last", _bool, "channels-last memory layout (default: on for images)", None),
+    ("--threads", int, "CPU threads for PyTorch", None),
+    ("--out", str, "run directory (default runs/DATA-ARCH-TIME)", None),
+    ("--image-every", int, "epochs between image summaries (default: about 4 per run)", None),
+    ("--histograms", _bool, "write weight/gradient/activation histograms (default true)", None),
+    ("--embedding-samples", int, "validation codes shown in the projector (default 500)", None),
+]
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from convae.train import load_config_file, resolve_config, train
+
+    settings = {}
+    if getattr(args, "config", None):
+        settings.update(load_config_file(args.config))
+    settings.update(
+        {k: v for k, v in vars(args).items() if k not in ("func", "command", "config", "resume") and v is not None}
+    )
+    if args.resume:
+        if len(settings) > (1 if "quiet" in settings else 0):
+            raise ConvaeError("--resume continues a run with its saved settings; give no other settings")
+        result = train(resume=args.resume)
+    else:
+        result = train(resolve_config(settings))
+    final = result["final"]
+    run = result["run_dir"]
+    lines = [f"run:          {run}"]
+    for key in ("val_mse", "val_psnr", "test_mse", "test_psnr"):
+        if key in final:
+            lines.append(f"{key + ':':<14}{final[key]:.5g}")
+    lines += [
+        f"checkpoints:  {run}/best.pt, {run}/last.pt",
+        f"metrics:      {run}/metrics.json, {run}/final.json",
+        f"tensorboard:  tensorboard --logdir {run}",
+    ]
+    print("\n".join(lines))
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from convae.evaluate import evaluate, format_table
+
+    result = evaluate(args.run, args.data, probe=not args.no_probe)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_table(result))
+        print(f"report:       {args.run}/report.md, {args.run}/eval.json")
+    return 0
+
+
+def _cmd_presets(args: argparse.Namespace) -> int:
+    from convae import presets
+
+    for name in presets.names():
+        p = presets.get(name)
+        default = " (default)" if name == presets.DEFAULT_PRESET else ""
+        print(f"{name}{default}: {p.description}\n    {p.arch}")
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="convae", description="Convolutional autoencoders whose decoder mirrors the encoder."
@@ -56,6 +162,34 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-shape", type=_shape, required=True, help="per-sample shape C,H[,W[,D]], e.g. 1,28,28")
     _add_model_flags(p)
     p.set_defaults(func=_cmd_summary)
+
+    p = sub.add_parser(
+        "train",
+        help="train an autoencoder",
+        description="Train an autoencoder; summaries, checkpoints and metrics go to the run directory.",
+        epilog="Every flag can also be set in the --config file (TOML, keys like batch_size); flags win.",
+    )
+    p.add_argument("--config", help="TOML or JSON file of settings")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in this directory from its last checkpoint")
+    p.add_argument("--quiet", action="store_true", default=None, help="no progress bar or epoch lines")
+    for flag, kind, help_text, choices in TRAIN_FLAGS:
+        p.add_argument(flag, type=kind, choices=choices, default=None, help=help_text)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a trained run against PCA",
+        description="MSE, PSNR, SSIM, per-class MSE and a linear probe, for the model and for PCA with the "
+        "same code size; writes eval.json and report.md into the run directory.",
+    )
+    p.add_argument("run", help="run directory")
+    p.add_argument("--data", help="evaluate on this dataset instead of the run's test split")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--no-probe", action="store_true", help="skip the linear probe")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("presets", help="list the named architectures", description="List the named architectures.")
+    p.set_defaults(func=_cmd_presets)
     return parser
 
 

@@ -1,0 +1,92 @@
+"""Checkpoints: a plain mapping written atomically, read without running code.
+
+``torch.load(weights_only=True)`` refuses anything but tensors and plain
+containers, so loading a file never executes code from it. Writes go to a
+temporary file in the same folder and are renamed into place, so a process
+killed at any moment leaves either the old file or the new one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from convae.errors import ConvaeError
+
+FORMAT = "convae-checkpoint"
+VERSION = 1
+KEYS = {
+    "format",
+    "version",
+    "model_config",
+    "model",
+    "optimizer",
+    "scheduler",
+    "normalizer",
+    "train_config",
+    "epoch",
+    "step",
+    "best_val",
+    "bad_epochs",
+    "metrics",
+}
+
+
+def atomic_write(path: str | Path, write) -> None:
+    """Call ``write(file_object)`` on a temp file next to ``path``, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide run files from other users
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    atomic_write(path, lambda f: f.write((json.dumps(data, indent=2, sort_keys=False) + "\n").encode()))
+
+
+def save(path: str | Path, state: dict[str, Any]) -> None:
+    extra = set(state) - KEYS
+    if extra:
+        raise ValueError(f"unexpected checkpoint keys: {sorted(extra)}")
+    atomic_write(path, lambda f: torch.save({"format": FORMAT, "version": VERSION, **state}, f))
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and validate a checkpoint; a foreign or damaged file gives a one-line ConvaeError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConvaeError(f"{path}: no such checkpoint")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConvaeError(f"{path}: not a readable convae checkpoint ({first[:200]})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ConvaeError(f"{path}: not a convae checkpoint")
+    if state.get("version") != VERSION:
+        raise ConvaeError(
+            f"{path}: checkpoint version {state.get('version')} is not supported (this convae reads {VERSION})"
+        )
+    leftover = set(state) - KEYS
+    missing = KEYS - set(state)
+    if leftover or missing:
+        raise ConvaeError(
+            f"{path}: checkpoint keys do not match (unexpected {sorted(leftover)}, missing {sorted(missing)})"
+        )
+    return state

@@ -1,0 +1,350 @@
+"""Datasets: named sources -> float32 arrays ``(N, C, H, W)`` in [0, 1] (images) with labels.
+
+Independent of the model. Sources for ``--data``:
+
+==================  ===========================================================
+``fashion-mnist``   IDX files, looked up in ``data_dir``, ``$CONVAE_DATA``,
+``mnist``           ``~/.cache/convae/<name>``, ``/usr/share/datasets/<name>``;
+                    downloaded (checksums verified) when absent.
+``digits``          scikit-learn's bundled 8x8 digits, always offline.
+``folder:PATH``     PNG/JPEG/BMP files found recursively; subfolder names are
+                    the labels when every image sits in one.
+``npy:PATH``        ``.npy`` or ``.npz``: (N, H, W), (N, C, H, W) or (N, H, W, C).
+==================  ===========================================================
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from convae.errors import ConvaeError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+@dataclass
+class Dataset:
+    """Arrays in the data's original scale (images in [0, 1]); labels may be None."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray | None = None
+    x_test: np.ndarray | None = None
+    y_test: np.ndarray | None = None
+    classes: list[str] | None = None
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+
+# ----------------------------------------------------------------------------- IDX (MNIST-style)
+
+_IDX_FILES = {
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
+}
+IDX_SOURCES: dict[str, dict] = {
+    "fashion-mnist": {
+        "mirrors": [
+            "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+            "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+        ],
+        "md5": {
+            "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+            "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+            "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+            "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+        },
+        "classes": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Boot"],
+        "apt": "dataset-fashion-mnist",
+    },
+    "mnist": {
+        "mirrors": ["https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"],
+        "md5": {
+            "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+            "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+            "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+            "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+        },
+        "classes": [str(i) for i in range(10)],
+        "apt": None,
+    },
+}
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an IDX file (gzip or plain) into a NumPy array, checking its header and length."""
+    path = Path(path)
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as err:
+        raise ConvaeError(f"{path}: cannot read IDX file ({err})") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise ConvaeError(f"{path}: not an IDX file (bad magic number)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise ConvaeError(f"{path}: truncated IDX header")
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    expected = int(np.prod(dims)) * dtype.itemsize
+    if len(raw) - header != expected:
+        raise ConvaeError(
+            f"{path}: truncated or oversized IDX data ({len(raw) - header} bytes, header says {expected})"
+        )
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
+
+
+def _candidate_dirs(name: str, data_dir: str | None) -> list[Path]:
+    dirs: list[Path] = []
+    for root in (data_dir, os.environ.get("CONVAE_DATA")):
+        if root:
+            dirs += [Path(root), Path(root) / name]
+    dirs.append(Path.home() / ".cache" / "convae" / name)
+    dirs.append(Path("/usr/share/datasets") / name)
+    return dirs
+
+
+def _find_idx(directory: Path) -> dict[str, Path] | None:
+    found = {}
+    for key, stem in _IDX_FILES.items():
+        for candidate in (directory / f"{stem}.gz", directory / stem):
+            if candidate.is_file():
+                found[key] = candidate
+                break
+        else:
+            return None
+    return found
+
+
+def download_idx(name: str, dest: Path, mirrors: Sequence[str] | None = None, timeout: float = 20) -> dict[str, Path]:
+    """Download a dataset's four IDX files into ``dest``, verifying MD5 checksums.
+
+    Each file is written to a temporary name and renamed once verified, so an
+    interrupted download never leaves a file that looks complete.
+    """
+    source = IDX_SOURCES[name]
+    dest.mkdir(parents=True, exist_ok=True)
+    errors = []
+    for filename, md5 in source["md5"].items():
+        target = dest / filename
+        if target.is_file() and hashlib.md5(target.read_bytes()).hexdigest() == md5:
+            continue
+        for mirror in mirrors or source["mirrors"]:
+            try:
+                with urllib.request.urlopen(mirror + filename, timeout=timeout) as response:
+                    payload = response.read()
+            except (urllib.error.URLError, OSError, ValueError) as err:
+                errors.append(f"{mirror}{filename}: {err}")
+                continue
+            if hashlib.md5(payload).hexdigest() != md5:
+                errors.append(f"{mirror}{filename}: checksum mismatch")
+                continue
+            with tempfile.NamedTemporaryFile(dir=dest, delete=False, suffix=".part") as tmp:
+                tmp.write(payload)
+            os.replace(tmp.name, target)
+            break
+        else:
+            raise ConvaeError(f"could not download {name}: " + "; ".join(errors[-2:]))
+    return {key: dest / f"{stem}.gz" for key, stem in _IDX_FILES.items()}
+
+
+def load_idx_dataset(name: str, data_dir: str | None = None, download: bool = True) -> Dataset:
+    """Load an MNIST-style dataset by name, downloading it when it is nowhere local."""
+    dirs = _candidate_dirs(name, data_dir)
+    files = next((f for f in map(_find_idx, dirs) if f), None)
+    if files is None:
+        download_error = "downloads disabled"
+        if download:
+            try:
+                files = download_idx(name, Path.home() / ".cache" / "convae" / name)
+            except ConvaeError as err:
+                download_error = str(err)
+        if files is None:
+            source = IDX_SOURCES[name]
+            how = f"`apt-get install {source['apt']}`, or " if source["apt"] else ""
+            raise ConvaeError(
+                f"{name} not found (looked in {', '.join(map(str, dirs))}; {download_error}); get it with "
+                f"{how}download the four files from {source['mirrors'][0]} into one of those folders"
+            )
+    arrays = {key: read_idx(path) for key, path in files.items()}
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
+            raise ConvaeError(
+                f"{files['x_' + split]}: expected (N, H, W) images with N labels, got {x.shape}, {y.shape}"
+            )
+    return Dataset(
+        name=name,
+        x_train=_to_float(arrays["x_train"][:, None]),
+        y_train=arrays["y_train"].astype(np.int64),
+        x_test=_to_float(arrays["x_test"][:, None]),
+        y_test=arrays["y_test"].astype(np.int64),
+        classes=list(IDX_SOURCES[name]["classes"]),
+    )
+
+
+# ----------------------------------------------------------------------------- other sources
+
+
+def _to_float(x: np.ndarray) -> np.ndarray:
+    """uint8 -> float32 in [0, 1]; floats are kept (as float32)."""
+    if x.dtype == np.uint8:
+        return x.astype(np.float32) / 255.0
+    return x.astype(np.float32)
+
+
+def load_digits() -> Dataset:
+    from sklearn.datasets import load_digits as sk_digits
+
+    digits = sk_digits()
+    x = (digits.images / 16.0).astype(np.float32)[:, None]
+    return Dataset("digits", x, digits.target.astype(np.int64), classes=[str(i) for i in range(10)])
+
+
+def load_npy(path: str) -> Dataset:
+    p = Path(path)
+    if not p.is_file():
+        raise ConvaeError(f"{p}: no such file")
+    labels = None
+    try:
+        loaded = np.load(p, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise ConvaeError(f"{p}: cannot read array file ({err})") from None
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        with loaded:
+            keys = list(loaded.keys())
+            if not keys:
+                raise ConvaeError(f"{p}: the .npz file holds no arrays")
+            xkey = next((k for k in ("x", "images", "data", "X") if k in keys), keys[0])
+            x = loaded[xkey]
+            ykey = next((k for k in ("y", "labels", "targets") if k in keys), None)
+            labels = loaded[ykey].astype(np.int64) if ykey else None
+    else:
+        x = loaded
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4:
+        # Channels-last when the last axis looks like channels and the second does not.
+        if x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
+            x = x.transpose(0, 3, 1, 2)
+    else:
+        raise ConvaeError(f"{p}: expected an array shaped (N, H, W), (N, C, H, W) or (N, H, W, C), got {x.shape}")
+    if len(x) == 0:
+        raise ConvaeError(f"{p}: the array holds no samples")
+    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        raise ConvaeError(f"{p}: expected a numeric array, got dtype {x.dtype}")
+    x = _to_float(np.ascontiguousarray(x))
+    if not np.isfinite(x).all():
+        bad = int((~np.isfinite(x)).any(axis=tuple(range(1, x.ndim))).argmax())
+        raise ConvaeError(f"{p}: the array holds NaN or infinite values (first in sample {bad})")
+    if labels is not None and len(labels) != len(x):
+        raise ConvaeError(f"{p}: {len(labels)} labels for {len(x)} samples")
+    return Dataset(p.stem, x, labels)
+
+
+def _resize_crop(image, size: tuple[int, int]):
+    """Resize so the image covers ``size`` (H, W), then crop the centre."""
+    from PIL import Image
+
+    h, w = size
+    scale = max(h / image.height, w / image.width)
+    new = (max(w, round(image.width * scale)), max(h, round(image.height * scale)))
+    image = image.resize(new, Image.Resampling.BILINEAR)
+    left, top = (image.width - w) // 2, (image.height - h) // 2
+    return image.crop((left, top, left + w, top + h))
+
+
+def load_folder(path: str, channels: int | None = None, image_size: Sequence[int] | None = None) -> Dataset:
+    from PIL import Image, UnidentifiedImageError
+
+    root = Path(path)
+    if not root.is_dir():
+        raise ConvaeError(f"{root}: no such folder")
+    files = sorted(f for f in root.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ConvaeError(f"{root}: no PNG, JPEG or BMP images found")
+    images = []
+    for f in files:
+        try:
+            with Image.open(f) as img:
+                img.load()
+                images.append(img.copy())
+        except (UnidentifiedImageError, OSError, SyntaxError) as err:
+            raise ConvaeError(f"{f}: cannot read image ({err})") from None
+    if channels is None:
+        channels = 1 if all(img.mode in ("L", "1", "I", "I;16", "F") for img in images) else 3
+    if channels not in (1, 3):
+        raise ConvaeError(f"channels must be 1 or 3, not {channels}")
+    mode = "L" if channels == 1 else "RGB"
+    if image_size is None:
+        sizes = {img.size for img in images}
+        if len(sizes) > 1:
+            (a, b) = sorted(sizes)[:2]
+            first = next(f for f, img in zip(files, images) if img.size == a)
+            other = next(f for f, img in zip(files, images) if img.size == b)
+            raise ConvaeError(
+                f"{root}: images of different sizes ({first.name} is {a[0]}x{a[1]}, {other.name} is {b[0]}x{b[1]}); "
+                "pass --image-size H,W"
+            )
+    arrays = []
+    for img in images:
+        img = img.convert(mode)
+        if image_size is not None:
+            img = _resize_crop(img, (int(image_size[0]), int(image_size[-1])))
+        a = np.asarray(img, dtype=np.uint8)
+        arrays.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
+    x = _to_float(np.stack(arrays))
+    parents = [f.parent.relative_to(root).parts for f in files]
+    labels = classes = None
+    if all(len(p) >= 1 for p in parents):
+        classes = sorted({p[0] for p in parents})
+        labels = np.array([classes.index(p[0]) for p in parents], dtype=np.int64)
+    return Dataset(root.name, x, labels, classes=classes)
+
+
+SOURCES = ("fashion-mnist", "mnist", "digits", "folder:PATH", "npy:PATH")
+
+
+def load(
+    source: str,
+    *,
+    data_dir: str | None = None,
+    channels: int | None = None,
+    image_size: Sequence[int] | None = None,
+    download: bool = True,
+) -> Dataset:
+    """Load a dataset by its ``--data`` name (see the module docstring)."""
+    if source in IDX_SOURCES:
+        return load_idx_dataset(source, data_dir, download)
+    if source == "digits":
+        return load_digits()
+    kind, sep, path = source.partition(":")
+    if sep and kind == "folder":
+        return load_folder(path, channels, image_size)
+    if sep and kind == "npy":
+        return load_npy(path)
+    raise ConvaeError(f"unknown dataset '{source}' (known: {', '.join(SOURCES)})")
+
+
+def split_validation(n: int, val_fraction: float, seed: int, minimum: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val): a random split fixed by the seed."""
+    if not 0 <= val_fraction < 1:
+        raise ConvaeError(f"val_fraction must be in [0, 1), not {val_fraction}")
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = min(max(round(n * val_fraction), minimum if val_fraction > 0 else 0), n - 1)
+    return np.sort(order[n_val:]), np.sort(order[:n_val])

@@ -1,0 +1,309 @@
+"""Using a trained run: evaluate against PCA, encode, reconstruct, score anomalies.
+
+Every function takes a run directory (or a :class:`Run`) and returns plain data
+(dicts, NumPy arrays), so notebooks get what the command line prints.
+Metrics are in the data's original scale: the preprocessing is inverted first.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from convae import checkpoint
+from convae import data as datasets
+from convae.data import Dataset, split_validation
+from convae.errors import ConvaeError
+from convae.model import AutoEncoder
+from convae.preprocess import Normalizer
+from convae.train import TrainConfig, load_run
+
+
+@dataclass
+class Run:
+    """A trained model with its preprocessing: ``encode``/``decode`` take and give raw data."""
+
+    model: AutoEncoder
+    normalizer: Normalizer
+    config: TrainConfig
+    run_dir: Path
+    device: torch.device
+
+    @torch.no_grad()
+    def encode(self, x: np.ndarray | Tensor, batch_size: int = 1024) -> np.ndarray:
+        return np.concatenate([self.model.encode(b).cpu().numpy() for b in self._batches(x, batch_size)])
+
+    @torch.no_grad()
+    def decode(self, z: np.ndarray | Tensor, batch_size: int = 1024) -> np.ndarray:
+        z = torch.as_tensor(np.asarray(z), dtype=torch.float32)
+        out = [self.normalizer.inverse(self.model.decode(b.to(self.device))).cpu().numpy() for b in z.split(batch_size)]
+        return np.concatenate(out)
+
+    @torch.no_grad()
+    def reconstruct(self, x: np.ndarray | Tensor, batch_size: int = 1024) -> np.ndarray:
+        out = [self.normalizer.inverse(self.model(b)).cpu().numpy() for b in self._batches(x, batch_size)]
+        return np.concatenate(out)
+
+    def _batches(self, x: np.ndarray | Tensor, batch_size: int) -> Iterator[Tensor]:
+        x = torch.as_tensor(np.asarray(x), dtype=torch.float32)
+        expected = self.model.input_shape
+        if x.dim() != len(expected) + 1 or x.shape[1] != expected[0]:
+            raise ConvaeError(f"expected inputs shaped (N, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
+        if len(x) == 0:
+            raise ConvaeError("no samples to process")
+        for batch in x.split(batch_size):
+            yield self.normalizer.transform(batch.to(self.device))
+
+
+def load(run_dir: str | Path, which: str = "best", device: str = "cpu") -> Run:
+    """Load a trained run: the model (eval mode) with its preprocessing."""
+    model, normalizer, config = load_run(run_dir, which, device)
+    return Run(model.to(device), normalizer, config, Path(run_dir), torch.device(device))
+
+
+def _as_run(run: str | Path | Run) -> Run:
+    return run if isinstance(run, Run) else load(run)
+
+
+def eval_splits(
+    run: Run, data: str | None = None
+) -> tuple[Dataset, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """(dataset, x_fit, x_eval, y_fit, y_eval): the run's training split and the test split.
+
+    Without a test split, the run's validation split (same seed) is evaluated.
+    With ``data``, that dataset's test split (or all of it) is evaluated and its
+    training split (or all of it) is what PCA and the probe fit on.
+    """
+    cfg = run.config
+    dataset = load_dataset(data or cfg.data, cfg)
+    train_idx, val_idx = split_validation(len(dataset.x_train), cfg.val_fraction, cfg.seed)
+    y = dataset.y_train
+    if dataset.x_test is not None:
+        return dataset, dataset.x_train[train_idx], dataset.x_test, _take(y, train_idx), dataset.y_test
+    if data is not None and data != cfg.data:
+        return dataset, dataset.x_train, dataset.x_train, y, y
+    if len(val_idx) == 0:
+        raise ConvaeError(f"{cfg.data} has no test split and the run kept no validation split")
+    return dataset, dataset.x_train[train_idx], dataset.x_train[val_idx], _take(y, train_idx), _take(y, val_idx)
+
+
+def _take(y: np.ndarray | None, idx: np.ndarray) -> np.ndarray | None:
+    return None if y is None else y[idx]
+
+
+def load_dataset(source: str, cfg: TrainConfig) -> Dataset:
+    return datasets.load(source, data_dir=cfg.data_dir, channels=cfg.channels, image_size=cfg.image_size)
+
+
+def ssim(a: Tensor, b: Tensor, data_range: float, window: int = 7) -> Tensor:
+    """Mean structural similarity per sample (Wang et al. 2004) with a Gaussian window, 2-D images.
+
+    Uses sigma 1.5 and the usual constants K1 = 0.01, K2 = 0.03; windows are
+    shrunk for images smaller than ``window``.
+    """
+    window = min(window, a.shape[-1], a.shape[-2])
+    if window % 2 == 0:
+        window -= 1
+    coords = torch.arange(window, dtype=torch.float64) - window // 2
+    g = torch.exp(-(coords**2) / (2 * 1.5**2))
+    g = (g / g.sum()).to(a.dtype)
+    c = a.shape[1]
+    kernel = (g[:, None] * g[None, :]).expand(c, 1, window, window).contiguous()
+
+    def blur(x: Tensor) -> Tensor:
+        return F.conv2d(x, kernel, groups=c)
+
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = blur(a * a) - mu_a**2
+    var_b = blur(b * b) - mu_b**2
+    cov = blur(a * b) - mu_a * mu_b
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return s.flatten(1).mean(1)
+
+
+def reconstruction_metrics(
+    x: np.ndarray, x_hat: np.ndarray, data_range: float, labels: np.ndarray | None = None, classes: list | None = None
+) -> dict[str, Any]:
+    err = ((x_hat.astype(np.float64) - x) ** 2).reshape(len(x), -1).mean(1)
+    mse = float(err.mean())
+    out: dict[str, Any] = {"mse": mse, "psnr": 10 * math.log10(data_range**2 / mse) if mse > 0 else math.inf}
+    if x.ndim == 4:
+        values = [ssim(torch.as_tensor(a), torch.as_tensor(b), data_range) for a, b in _chunks(x, x_hat)]
+        out["ssim"] = float(torch.cat(values).mean())
+    if labels is not None:
+        names = classes or [str(k) for k in range(int(labels.max()) + 1)]
+        out["mse_per_class"] = {
+            str(names[k]) if k < len(names) else str(k): float(err[labels == k].mean()) for k in np.unique(labels)
+        }
+    return out
+
+
+def _chunks(a: np.ndarray, b: np.ndarray, size: int = 2048):
+    for i in range(0, len(a), size):
+        yield a[i : i + size].astype(np.float32), b[i : i + size].astype(np.float32)
+
+
+def linear_probe(codes_fit: np.ndarray, y_fit: np.ndarray, codes_eval: np.ndarray, y_eval: np.ndarray) -> float:
+    """Accuracy of a logistic regression fitted on standardised training codes."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if len(np.unique(y_fit)) < 2:
+        raise ConvaeError("the linear probe needs at least two classes in the training labels")
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    probe.fit(codes_fit.reshape(len(codes_fit), -1), y_fit)
+    return float(probe.score(codes_eval.reshape(len(codes_eval), -1), y_eval))
+
+
+def evaluate(
+    run: str | Path | Run,
+    data: str | None = None,
+    *,
+    probe: bool = True,
+    write: bool = True,
+    max_fit: int = 20000,
+) -> dict[str, Any]:
+    """MSE, PSNR, SSIM (and per-class MSE, linear probe) for the model and for PCA at the same code size.
+
+    Writes ``eval.json`` and ``report.md`` (with pictures) into the run
+    directory when ``write``. ``max_fit`` caps the training samples PCA and the
+    probe fit on (a random subset, fixed seed), which keeps evaluation to seconds.
+    """
+    from sklearn.decomposition import PCA
+
+    run = _as_run(run)
+    dataset, x_fit, x_eval, y_fit, y_eval = eval_splits(run, data)
+    if tuple(x_eval.shape[1:]) != tuple(run.model.input_shape) and run.model.has_dense:
+        raise ConvaeError(
+            f"the run's model takes inputs shaped {run.model.input_shape}, the data has {tuple(x_eval.shape[1:])}"
+        )
+    if len(x_fit) > max_fit:
+        keep = np.sort(np.random.default_rng(0).choice(len(x_fit), max_fit, replace=False))
+        x_fit, y_fit = x_fit[keep], _take(y_fit, keep)
+    data_range = float(x_fit.max() - x_fit.min()) or 1.0
+    code_size = int(np.prod(run.model.code_shape))
+
+    x_hat = run.reconstruct(x_eval)
+    model_metrics = reconstruction_metrics(x_eval, x_hat, data_range, y_eval, dataset.classes)
+
+    flat_fit = x_fit.reshape(len(x_fit), -1)
+    n_components = min(code_size, *flat_fit.shape)
+    pca = PCA(n_components=n_components, random_state=0).fit(flat_fit)
+    pca_codes_eval = pca.transform(x_eval.reshape(len(x_eval), -1))
+    pca_hat = pca.inverse_transform(pca_codes_eval).reshape(x_eval.shape)
+    pca_metrics = reconstruction_metrics(x_eval, pca_hat, data_range, y_eval, dataset.classes)
+
+    if probe and y_fit is not None and y_eval is not None:
+        codes_fit, codes_eval = run.encode(x_fit), run.encode(x_eval)
+        model_metrics["probe_accuracy"] = linear_probe(codes_fit, y_fit, codes_eval, y_eval)
+        pca_metrics["probe_accuracy"] = linear_probe(pca.transform(flat_fit), y_fit, pca_codes_eval, y_eval)
+
+    result = {
+        "data": data or run.config.data,
+        "split": "test" if dataset.x_test is not None else "validation",
+        "samples": len(x_eval),
+        "code_size": code_size,
+        "model": model_metrics,
+        f"pca_{n_components}": pca_metrics,
+    }
+    if write:
+        _write_report(run, result, x_eval, x_hat, y_eval, dataset.classes)
+    return result
+
+
+def format_table(result: dict[str, Any]) -> str:
+    pca_key = next(k for k in result if k.startswith("pca_"))
+    names = [("mse", "MSE", "{:.5f}"), ("psnr", "PSNR (dB)", "{:.2f}"), ("ssim", "SSIM", "{:.4f}")]
+    names.append(("probe_accuracy", "linear probe", "{:.3f}"))
+    header = f"{'':<14}{'convae':>12}{pca_key.replace('_', '-').upper():>12}"
+    lines = [f"{result['data']} ({result['split']}, {result['samples']} samples, code {result['code_size']})", header]
+    for key, label, fmt in names:
+        if key in result["model"]:
+            ours, theirs = fmt.format(result["model"][key]), fmt.format(result[pca_key].get(key, float("nan")))
+            lines.append(f"{label:<14}{ours:>12}{theirs:>12}")
+    return "\n".join(lines)
+
+
+def _write_report(
+    run: Run, result: dict, x: np.ndarray, x_hat: np.ndarray, labels: np.ndarray | None, classes: list | None
+) -> None:
+    run_dir = run.run_dir
+    figures = []
+    if x.ndim == 4:
+        from PIL import Image
+
+        from convae.summaries import make_grid
+
+        n = min(16, len(x))
+        lo, hi = float(x.min()), float(x.max())
+        both = torch.as_tensor(np.concatenate([x[:n], x_hat[:n]]))
+        grid = make_grid(((both - lo) / max(hi - lo, 1e-12)).clamp(0, 1), columns=n)
+        array = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+        image = image.resize((image.width * 3, image.height * 3), Image.Resampling.NEAREST)
+        checkpoint.atomic_write(run_dir / "reconstructions.png", lambda f: image.save(f, format="PNG"))
+        figures.append(("Originals (top) and reconstructions (bottom)", "reconstructions.png"))
+    figures += _plots(run, x, labels, classes)
+    checkpoint.write_json(run_dir / "eval.json", result)
+    text = ["# Evaluation", "", "```", format_table(result), "```", ""]
+    if "mse_per_class" in result["model"]:
+        pca_key = next(k for k in result if k.startswith("pca_"))
+        text += ["| class | convae MSE | PCA MSE |", "|---|---|---|"]
+        for name, value in result["model"]["mse_per_class"].items():
+            text.append(f"| {name} | {value:.5f} | {result[pca_key]['mse_per_class'][name]:.5f} |")
+        text.append("")
+    for caption, path in figures:
+        text += [f"![{caption}]({path})", ""]
+    checkpoint.atomic_write(run_dir / "report.md", lambda f: f.write("\n".join(text).encode()))
+
+
+def _plots(run: Run, x: np.ndarray, labels: np.ndarray | None, classes: list | None) -> list[tuple[str, str]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures = []
+    metrics_path = run.run_dir / "metrics.json"
+    if metrics_path.exists():
+        metrics = json.loads(metrics_path.read_text())
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        epochs = [m["epoch"] for m in metrics]
+        ax.plot(epochs, [m["train_loss"] for m in metrics], label="train")
+        ax.plot(epochs, [m["val_loss"] for m in metrics], label="validation")
+        ax.set(xlabel="epoch", ylabel=f"{run.config.loss} loss", yscale="log")
+        ax.legend()
+        fig.tight_layout()
+        checkpoint.atomic_write(run.run_dir / "loss_curves.png", lambda f: fig.savefig(f, format="png", dpi=100))
+        plt.close(fig)
+        figures.append(("Loss curves", "loss_curves.png"))
+    codes = run.encode(x[:2000]).reshape(min(len(x), 2000), -1)
+    if codes.shape[1] >= 2:
+        from sklearn.decomposition import PCA
+
+        xy = PCA(n_components=2, random_state=0).fit_transform(codes)
+        fig, ax = plt.subplots(figsize=(5, 4.5))
+        if labels is not None:
+            scatter = ax.scatter(xy[:, 0], xy[:, 1], c=labels[: len(xy)], cmap="tab10", s=4)
+            handles, _ = scatter.legend_elements()
+            names = classes or [str(k) for k in np.unique(labels)]
+            ax.legend(handles, names[: len(handles)], fontsize=6, markerscale=0.8, loc="best")
+        else:
+            ax.scatter(xy[:, 0], xy[:, 1], s=4)
+        ax.set(title="codes (2-D PCA)", xticks=[], yticks=[])
+        fig.tight_layout()
+        checkpoint.atomic_write(run.run_dir / "codes_map.png", lambda f: fig.savefig(f, format="png", dpi=100))
+        plt.close(fig)
+        figures.append(("Codes, projected to 2-D, coloured by label", "codes_map.png"))
+    return figures

@@ -1,0 +1,157 @@
+"""Input preparation fitted on training data, stored with the model, inverted for output images.
+
+Normalisation (``--normalize``):
+
+================  ===============================================================
+``none``          data as loaded
+``unit``          min-max scaling to [0, 1] (images loaded from uint8 already are)
+``standardize``   per-channel zero mean, unit variance
+``zca``           ZCA whitening: zero mean, decorrelated, unit variance
+                  (``W = U diag(1/sqrt(lambda + eps)) U^T``), as recommended by
+                  LeCun et al. ("Efficient BackProp") and Ioffe & Szegedy for
+                  faster convergence
+================  ===============================================================
+
+Corruption for denoising (``--noise``): ``gaussian:SIGMA``, ``masking:P``,
+``saltpepper:P``; applied in the data's original scale (so SIGMA is in pixel
+units for images) to the network's input only; the loss compares with the
+clean data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from convae.errors import ConvaeError
+
+NORMALIZE = ("none", "unit", "standardize", "zca")
+ZCA_MAX_FEATURES = 8192
+
+
+@dataclass
+class Normalizer:
+    """Maps data to the network's scale and back. ``state`` holds tensors only (checkpoint-safe)."""
+
+    mode: str = "unit"
+    epsilon: float = 1e-2
+    state: dict[str, Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.mode not in NORMALIZE:
+            raise ConvaeError(f"normalize must be one of {', '.join(NORMALIZE)}, not {self.mode!r}")
+
+    @property
+    def output_activation(self) -> str:
+        """The decoder output that matches this scale: sigmoid for [0, 1], identity otherwise."""
+        return "sigmoid" if self.mode == "unit" else "identity"
+
+    def fit(self, x: np.ndarray) -> Normalizer:
+        x64 = x.astype(np.float64)
+        if self.mode == "unit":
+            lo, hi = float(x64.min()), float(x64.max())
+            self.state = {"low": torch.tensor(lo), "high": torch.tensor(hi if hi > lo else lo + 1.0)}
+        elif self.mode == "standardize":
+            axes = (0, *range(2, x.ndim))
+            mean, std = x64.mean(axis=axes), x64.std(axis=axes)
+            shape = (1, -1) + (1,) * (x.ndim - 2)
+            self.state = {
+                "mean": torch.tensor(mean, dtype=torch.float32).view(shape),
+                "std": torch.tensor(np.maximum(std, 1e-8), dtype=torch.float32).view(shape),
+            }
+        elif self.mode == "zca":
+            flat = x64.reshape(len(x64), -1)
+            if flat.shape[1] > ZCA_MAX_FEATURES:
+                raise ConvaeError(
+                    f"zca on {flat.shape[1]} features needs a {flat.shape[1]}x{flat.shape[1]} matrix; "
+                    f"use it on inputs of at most {ZCA_MAX_FEATURES} values or choose --normalize standardize"
+                )
+            mean = flat.mean(axis=0)
+            centred = flat - mean
+            cov = centred.T @ centred / len(flat)
+            eigval, eigvec = np.linalg.eigh(cov)
+            eigval = np.clip(eigval, 0, None)
+            whiten = (eigvec / np.sqrt(eigval + self.epsilon)) @ eigvec.T
+            colour = (eigvec * np.sqrt(eigval + self.epsilon)) @ eigvec.T
+            self.state = {
+                "mean": torch.tensor(mean, dtype=torch.float32),
+                "whiten": torch.tensor(whiten, dtype=torch.float32),
+                "colour": torch.tensor(colour, dtype=torch.float32),
+            }
+        return self
+
+    def _get(self, key: str, like: Tensor) -> Tensor:
+        return self.state[key].to(device=like.device, dtype=like.dtype)
+
+    def transform(self, x: Tensor) -> Tensor:
+        if self.mode == "unit":
+            lo = self._get("low", x)
+            return (x - lo) / (self._get("high", x) - lo)
+        if self.mode == "standardize":
+            return (x - self._get("mean", x)) / self._get("std", x)
+        if self.mode == "zca":
+            flat = x.reshape(len(x), -1) - self._get("mean", x)
+            return (flat @ self._get("whiten", x)).reshape(x.shape)
+        return x
+
+    def inverse(self, x: Tensor) -> Tensor:
+        if self.mode == "unit":
+            lo = self._get("low", x)
+            return x * (self._get("high", x) - lo) + lo
+        if self.mode == "standardize":
+            return x * self._get("std", x) + self._get("mean", x)
+        if self.mode == "zca":
+            flat = x.reshape(len(x), -1) @ self._get("colour", x) + self._get("mean", x)
+            return flat.reshape(x.shape)
+        return x
+
+    def to_dict(self) -> dict:
+        return {"mode": self.mode, "epsilon": self.epsilon, "state": dict(self.state)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Normalizer:
+        return cls(mode=data["mode"], epsilon=float(data["epsilon"]), state=dict(data["state"]))
+
+
+NOISE_KINDS = ("gaussian", "masking", "saltpepper")
+
+
+@dataclass(frozen=True)
+class Noise:
+    """Input corruption for denoising autoencoders, parsed from ``kind:amount``."""
+
+    kind: str
+    amount: float
+
+    @classmethod
+    def parse(cls, text: str | None) -> Noise | None:
+        if not text or text == "none":
+            return None
+        kind, _, amount = text.partition(":")
+        if kind not in NOISE_KINDS:
+            raise ConvaeError(f"noise '{text}': kind must be one of {', '.join(NOISE_KINDS)} (e.g. gaussian:0.3)")
+        try:
+            value = float(amount)
+        except ValueError:
+            raise ConvaeError(f"noise '{text}': '{amount}' is not a number (e.g. {kind}:0.3)") from None
+        if value < 0 or (kind != "gaussian" and value > 1):
+            raise ConvaeError(f"noise '{text}': amount must be >= 0 (and <= 1 for {kind})")
+        return cls(kind, value)
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.amount:g}"
+
+    def apply(self, x: Tensor, low: float = 0.0, high: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
+        """Corrupt ``x`` (original scale); ``low``/``high`` bound the data (clip, pepper, salt)."""
+        if self.kind == "gaussian":
+            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            return (x + self.amount * noise).clamp(low, high)
+        u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        if self.kind == "masking":
+            return torch.where(u < self.amount, torch.zeros_like(x) + low, x)
+        salt = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) < 0.5
+        corrupted = torch.where(salt, torch.full_like(x, high), torch.full_like(x, low))
+        return torch.where(u < self.amount, corrupted, x)

@@ -1,0 +1,73 @@
+"""Named architectures with the training recipe that suits them (a registry like timm's).
+
+A preset is an encoder spec plus training settings; any setting the user gives
+explicitly (flag or config file) wins over the preset's. Presets are written
+for 28x28 grayscale images but build for any input shape the layers admit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from convae.errors import ConvaeError
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    arch: str
+    description: str
+    train: dict[str, Any] = field(default_factory=dict)
+
+
+_REGISTRY: dict[str, Preset] = {}
+DEFAULT_PRESET = "fmnist-32"
+
+
+def register(preset: Preset) -> Preset:
+    if preset.name in _REGISTRY:
+        raise ValueError(f"preset {preset.name!r} is already registered")
+    _REGISTRY[preset.name] = preset
+    return preset
+
+
+def get(name: str) -> Preset:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ConvaeError(f"unknown preset '{name}' (known: {', '.join(sorted(_REGISTRY))})") from None
+
+
+def names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def is_preset(arch: str) -> bool:
+    return arch in _REGISTRY
+
+
+register(
+    Preset(
+        "fmnist-32",
+        "conv(32,3,stride=2) bn relu conv(64,3,stride=2) bn relu conv(128,3,stride=2) bn relu dense(32)",
+        "default: three strided conv stages with batch norm, 32-d code; minutes on a laptop CPU",
+        {"epochs": 15, "batch_size": 128, "lr": 2e-3, "optimizer": "adamw", "schedule": "onecycle"},
+    )
+)
+register(
+    Preset(
+        "keras-denoise",
+        "conv(32,3) relu maxpool(2) conv(32,3) relu maxpool(2)",
+        "the keras.io convolutional denoising example: conv/maxpool twice, mirrored",
+        {"epochs": 10, "batch_size": 128, "lr": 1e-3},
+    )
+)
+register(
+    Preset(
+        "small",
+        "conv(16,3,stride=2) bn relu conv(32,3,stride=2) bn relu dense(16)",
+        "a tiny model for smoke tests and small images",
+        {"epochs": 5, "batch_size": 64, "lr": 2e-3},
+    )
+)

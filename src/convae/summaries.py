@@ -1,0 +1,95 @@
+"""TensorBoard summaries for a training run (event files via the tensorboard package's writer).
+
+Only image data (2 spatial dims) gets image grids and projector thumbnails;
+everything else is written for every kind of data.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+def make_grid(images: Tensor, columns: int = 8, pad: int = 1) -> Tensor:
+    """(N, C, H, W) in [0, 1] -> one (C, rows*(H+pad), columns*(W+pad)) image; C is 1 or 3."""
+    images = images.detach().float().cpu().clamp(0, 1)
+    if images.shape[1] not in (1, 3):
+        images = images[:, :1]
+    n, c, h, w = images.shape
+    columns = min(columns, n)
+    rows = math.ceil(n / columns)
+    grid = torch.ones(c, rows * (h + pad) + pad, columns * (w + pad) + pad)
+    for i in range(n):
+        r, col = divmod(i, columns)
+        top, left = pad + r * (h + pad), pad + col * (w + pad)
+        grid[:, top : top + h, left : left + w] = images[i]
+    return grid
+
+
+class Summaries:
+    """The run's TensorBoard writer; a no-op when ``enabled`` is false (e.g. ranks other than 0)."""
+
+    def __init__(self, log_dir: str, enabled: bool = True):
+        self.enabled = enabled
+        self.log_dir = log_dir
+        self.writer = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=log_dir)
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        if self.writer:
+            for tag, value in values.items():
+                self.writer.add_scalar(tag, value, step)
+
+    def image_grids(self, grids: dict[str, Tensor], step: int) -> None:
+        """``grids``: tag -> (N, C, H, W) batch in [0, 1]; non-image data is skipped."""
+        if self.writer:
+            for tag, batch in grids.items():
+                if batch.dim() == 4:
+                    self.writer.add_image(tag, make_grid(batch), step)
+
+    def histograms(self, model: nn.Module, activations: dict[str, Tensor], step: int) -> None:
+        if not self.writer:
+            return
+        for name, param in model.named_parameters():
+            self.writer.add_histogram(f"weights/{name}", param.detach().float().cpu(), step)
+            if param.grad is not None:
+                self.writer.add_histogram(f"gradients/{name}", param.grad.detach().float().cpu(), step)
+        for name, buffer in model.named_buffers():
+            if name.endswith(("running_mean", "running_var")):
+                self.writer.add_histogram(f"batchnorm/{name}", buffer.detach().float().cpu(), step)
+        for name, value in activations.items():
+            self.writer.add_histogram(f"activations/{name}", value.detach().float().cpu(), step)
+
+    def graph(self, model: nn.Module, example: Tensor) -> None:
+        if self.writer:
+            self.writer.add_graph(model, example, use_strict_trace=False)
+
+    def embedding(self, codes: Tensor, labels: Sequence[Any] | None, thumbnails: Tensor | None, step: int) -> None:
+        if not self.writer:
+            return
+        thumbs = None
+        if thumbnails is not None and thumbnails.dim() == 4:
+            thumbs = thumbnails.detach().float().cpu().clamp(0, 1)
+        self.writer.add_embedding(
+            codes.detach().float().cpu().flatten(1),
+            metadata=list(labels) if labels is not None else None,
+            label_img=thumbs,
+            global_step=step,
+            tag="codes",
+        )
+
+    def hparams(self, params: dict[str, Any], metrics: dict[str, float]) -> None:
+        if self.writer:
+            clean = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in params.items()}
+            self.writer.add_hparams(clean, {f"hparam/{k}": v for k, v in metrics.items()}, run_name=".")
+
+    def close(self) -> None:
+        if self.writer:
+            self.writer.close()

@@ -1,0 +1,616 @@
+"""Training: one linear loop, called by the CLI and by tests alike.
+
+``train(config)`` loads the data, fits the preprocessing on the training split,
+builds the model, and runs epochs; after each epoch it validates, writes
+``metrics.json``, TensorBoard summaries and the ``last`` (and ``best``)
+checkpoints, all atomically. ``train(resume=run_dir)`` continues a run from its
+``last`` checkpoint. Every source of randomness is reseeded from (seed, epoch)
+at the start of each epoch, so a run resumed at an epoch boundary follows the
+same path as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from convae import checkpoint, presets
+from convae.data import Dataset, load, split_validation
+from convae.errors import ConvaeError
+from convae.model import AutoEncoder, ModelConfig, build, from_config
+from convae.preprocess import Noise, Normalizer
+from convae.summaries import Summaries
+
+LOSSES = ("mse", "bce", "l1")
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULES = ("constant", "cosine", "onecycle")
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a run. Saved as ``config.json`` in the run directory."""
+
+    # data
+    data: str = "fashion-mnist"
+    data_dir: str | None = None
+    channels: int | None = None
+    image_size: list[int] | None = None
+    val_fraction: float = 0.1
+    normalize: str = "unit"
+    zca_epsilon: float = 1e-2
+    noise: str | None = None
+    # model
+    arch: str = presets.DEFAULT_PRESET
+    output: str | None = None  # None: follows normalize (sigmoid for unit, identity otherwise)
+    tied: bool = False
+    upsample: str = "transpose"
+    # optimisation
+    loss: str = "mse"
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    epochs: int = 10
+    batch_size: int = 128
+    clip_grad: float | None = None
+    patience: int | None = None
+    seed: int = 0
+    # runtime
+    device: str = "auto"
+    channels_last: bool | None = None  # None: on for 2-D data
+    threads: int | None = None
+    out: str | None = None
+    quiet: bool = False
+    image_every: int = 0  # epochs between image grids; 0: about four times per run
+    histograms: bool = True
+    embedding_samples: int = 500
+
+    def validate(self) -> None:
+        def choice(name: str, options: tuple[str, ...]) -> None:
+            if getattr(self, name) not in options:
+                raise ConvaeError(f"{name} must be one of {', '.join(options)}, not {getattr(self, name)!r}")
+
+        choice("loss", LOSSES)
+        choice("optimizer", OPTIMIZERS)
+        choice("schedule", SCHEDULES)
+        for name in ("epochs", "batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConvaeError(f"{name} must be a positive integer, not {getattr(self, name)!r}")
+        if not self.lr > 0:
+            raise ConvaeError(f"lr must be positive, not {self.lr}")
+        if self.weight_decay < 0:
+            raise ConvaeError(f"weight_decay must be >= 0, not {self.weight_decay}")
+        if self.clip_grad is not None and self.clip_grad <= 0:
+            raise ConvaeError(f"clip_grad must be positive, not {self.clip_grad}")
+        if self.patience is not None and self.patience < 1:
+            raise ConvaeError(f"patience must be a positive integer, not {self.patience}")
+        if self.loss == "bce" and self.normalize != "unit":
+            raise ConvaeError("loss bce needs data in [0, 1]: use it with normalize unit")
+        if not 0 <= self.val_fraction < 1:
+            raise ConvaeError(f"val_fraction must be in [0, 1), not {self.val_fraction}")
+        Noise.parse(self.noise)
+        Normalizer(self.normalize)
+
+
+def resolve_config(settings: dict[str, Any]) -> TrainConfig:
+    """Defaults, then the preset's recipe, then the user's ``settings`` (file and flags)."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    settings = {k.replace("-", "_"): v for k, v in settings.items()}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ConvaeError(f"unknown setting(s): {', '.join(unknown)} (settings: {', '.join(sorted(known))})")
+    arch = settings.get("arch", TrainConfig.arch)
+    recipe = presets.get(arch).train if isinstance(arch, str) and presets.is_preset(arch) else {}
+    try:
+        config = TrainConfig(**{**recipe, **settings})
+    except TypeError as err:
+        raise ConvaeError(f"bad settings: {err}") from None
+    config.validate()
+    return config
+
+
+def arch_of(config: TrainConfig) -> str | list:
+    """The architecture string of a config (a preset name resolved)."""
+    if isinstance(config.arch, str) and presets.is_preset(config.arch):
+        return presets.get(config.arch).arch
+    if isinstance(config.arch, str) and "-" in config.arch and "(" not in config.arch and " " not in config.arch:
+        presets.get(config.arch)  # looks like a preset name: say which presets exist
+    return config.arch
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConvaeError(f"unknown device '{name}' (e.g. auto, cpu, cuda, cuda:1)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConvaeError(f"device '{name}' asked for, but CUDA is not available")
+    return device
+
+
+def _loss_fn(name: str) -> Callable[[Tensor, Tensor], Tensor]:
+    return {"mse": F.mse_loss, "l1": F.l1_loss, "bce": F.binary_cross_entropy}[name]
+
+
+@dataclass
+class Prepared:
+    """What a run needs besides its config: data splits, preprocessing and the model."""
+
+    dataset: Dataset
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    normalizer: Normalizer
+    model: AutoEncoder
+    data_low: float
+    data_high: float
+
+
+def prepare(config: TrainConfig, normalizer_state: dict | None = None) -> Prepared:
+    """Load data, split, fit preprocessing on the training split, build the model. Writes nothing."""
+    dataset = load(config.data, data_dir=config.data_dir, channels=config.channels, image_size=config.image_size)
+    n = len(dataset.x_train)
+    if n < 2:
+        raise ConvaeError(f"dataset '{config.data}' has {n} sample(s); at least 2 are needed to train")
+    train_idx, val_idx = split_validation(n, config.val_fraction, config.seed)
+    x_fit = dataset.x_train[train_idx]
+    if normalizer_state is not None:
+        normalizer = Normalizer.from_dict(normalizer_state)
+    else:
+        normalizer = Normalizer(config.normalize, config.zca_epsilon).fit(x_fit)
+    output = config.output or normalizer.output_activation
+    torch.manual_seed(config.seed)  # the initial weights
+    model = build(arch_of(config), dataset.sample_shape, output=output, tied=config.tied, upsample=config.upsample)
+    return Prepared(dataset, train_idx, val_idx, normalizer, model, float(x_fit.min()), float(x_fit.max()))
+
+
+@dataclass
+class _State:
+    epoch: int = 0  # epochs completed
+    step: int = 0
+    best_val: float = math.inf
+    bad_epochs: int = 0
+    metrics: list[dict[str, float]] = field(default_factory=list)
+
+
+class _BatchNormFrozen:
+    """Run the model in train mode without moving the batch-norm running statistics."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def __enter__(self) -> None:
+        self.saved = {k: v.clone() for k, v in self.model.named_buffers()}
+        self.was_training = self.model.training
+        self.model.train()
+
+    def __exit__(self, *exc: object) -> None:
+        buffers = dict(self.model.named_buffers())
+        with torch.no_grad():
+            for k, v in self.saved.items():
+                buffers[k].copy_(v)
+        self.model.train(self.was_training)
+
+
+def _make_optimizer(config: TrainConfig, model: nn.Module, total_steps: int, device: torch.device):
+    cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    kwargs: dict[str, Any] = {"lr": config.lr, "weight_decay": config.weight_decay}
+    if device.type == "cuda":
+        kwargs["fused"] = True
+    optimizer = cls(model.parameters(), **kwargs)
+    if config.schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
+    elif config.schedule == "onecycle":
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=max(total_steps, 1))
+    else:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return optimizer, scheduler
+
+
+def _new_run_dir(config: TrainConfig) -> Path:
+    if config.out:
+        out = Path(config.out)
+    else:
+        stem = presets.get(config.arch).name if presets.is_preset(config.arch) else "custom"
+        out = Path("runs") / f"{config.data.split(':')[0]}-{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConvaeError(
+            f"{out} already exists and is not empty; pass --resume {out} to continue it, or another --out"
+        )
+    return out
+
+
+class Trainer:
+    """The state of one run; :func:`train` is the entry point."""
+
+    def __init__(self, config: TrainConfig, run_dir: Path, prepared: Prepared, device: torch.device):
+        self.config, self.run_dir, self.p, self.device = config, run_dir, prepared, device
+        self.model = prepared.model.to(device)
+        sample = prepared.dataset.x_train
+        self.channels_last = (
+            config.channels_last if config.channels_last is not None else sample.ndim == 4
+        ) and sample.ndim == 4
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        # The whole training set lives on the device as float32; batches are gathered by index.
+        self.x = torch.as_tensor(sample).to(device)
+        self.train_idx = torch.as_tensor(prepared.train_idx, device=device)
+        self.val_idx = torch.as_tensor(prepared.val_idx, device=device)
+        self.noise = Noise.parse(config.noise)
+        self.loss_fn = _loss_fn(config.loss)
+        n = len(self.train_idx)
+        self.batch = min(config.batch_size, n)
+        # Drop a last batch smaller than 2 samples: batch norm cannot train on one.
+        self.steps_per_epoch = n // self.batch + (1 if n % self.batch >= 2 else 0)
+        self.optimizer, self.scheduler = _make_optimizer(
+            config, self.model, config.epochs * self.steps_per_epoch, device
+        )
+        self.state = _State()
+        self.summaries: Summaries | None = None
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _prepare_batch(self, raw: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        norm = self.p.normalizer
+        clean = norm.transform(raw)
+        noisy = clean
+        if self.noise is not None:
+            noisy = norm.transform(self.noise.apply(raw, self.p.data_low, self.p.data_high, generator))
+        if self.channels_last:
+            noisy = noisy.contiguous(memory_format=torch.channels_last)
+        return noisy, clean
+
+    def _state_dict(self) -> dict[str, Any]:
+        return {
+            "model_config": self.p.model.config.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "normalizer": self.p.normalizer.to_dict(),
+            "train_config": dataclasses.asdict(self.config),
+            "epoch": self.state.epoch,
+            "step": self.state.step,
+            "best_val": self.state.best_val,
+            "bad_epochs": self.state.bad_epochs,
+            "metrics": self.state.metrics,
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise ConvaeError(f"checkpoint does not match this run's model: {str(err).splitlines()[0]}") from None
+        self.state = _State(
+            state["epoch"], state["step"], float(state["best_val"]), state["bad_epochs"], list(state["metrics"])
+        )
+
+    @torch.no_grad()
+    def evaluate(self, raw: Tensor, train_mode: bool = False) -> dict[str, float]:
+        """Loss in the network's scale, MSE and PSNR in the data's original scale, on raw data."""
+        if len(raw) == 0:
+            return {}
+        context = _BatchNormFrozen(self.model) if train_mode else _Eval(self.model)
+        total_loss = torch.zeros((), device=self.device)
+        total_sq = torch.zeros((), device=self.device, dtype=torch.float64)
+        # The same corruption every time, so validation losses compare across epochs.
+        generator = torch.Generator(device=self.device).manual_seed(0)
+        with context:
+            for batch in raw.split(1024):
+                noisy, clean = self._prepare_batch(batch, generator)
+                out = self.model(noisy).float()
+                total_loss += self.loss_fn(out, clean) * len(batch)
+                total_sq += ((self.p.normalizer.inverse(out) - batch) ** 2).sum(dtype=torch.float64)
+        mse = float(total_sq) / raw.numel()
+        data_range = self.p.data_high - self.p.data_low
+        return {
+            "loss": float(total_loss) / len(raw),
+            "mse": mse,
+            "psnr": 10 * math.log10(data_range**2 / mse) if mse > 0 else math.inf,
+        }
+
+    def _val_idx(self) -> Tensor:
+        # Without a validation split (val_fraction 0) the training data stands in.
+        return self.val_idx if len(self.val_idx) else self.train_idx
+
+    def _log(self, message: str) -> None:
+        if not self.config.quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    # -- the loop ------------------------------------------------------------------------------
+    def fit(self, on_step: Callable[[int], None] | None = None) -> None:
+        config, model = self.config, self.model
+        self.summaries = Summaries(str(self.run_dir))
+        if self.state.epoch == 0:
+            self._first_summaries()
+        show_bar = not config.quiet and sys.stderr.isatty()
+        from tqdm import tqdm
+
+        total = config.epochs * self.steps_per_epoch
+        bar = tqdm(total=total, initial=self.state.step, disable=not show_bar, unit="step", dynamic_ncols=True)
+        try:
+            while self.state.epoch < config.epochs:
+                if config.patience is not None and self.state.bad_epochs >= config.patience:
+                    self._log(f"early stopping: no validation improvement in {config.patience} epochs")
+                    break
+                epoch = self.state.epoch
+                seed = config.seed * 100_003 + epoch
+                torch.manual_seed(seed)  # dropout and anything else drawing from the global RNG
+                generator = torch.Generator(device=self.device).manual_seed(seed)
+                order = self.train_idx[torch.randperm(len(self.train_idx), generator=generator, device=self.device)]
+                model.train()
+                running = torch.zeros((), device=self.device)
+                first_bad = torch.full((), -1, device=self.device, dtype=torch.long)
+                started = time.perf_counter()
+                seen = 0
+                for i in range(self.steps_per_epoch):
+                    idx = order[i * self.batch : (i + 1) * self.batch]
+                    noisy, clean = self._prepare_batch(self.x[idx], generator)
+                    loss = self.loss_fn(model(noisy).float(), clean)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if config.clip_grad:
+                        nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
+                    self.optimizer.step()
+                    self.scheduler.step()
+                    step = self.state.step + i + 1
+                    # Kept on the device: no host synchronisation per step.
+                    first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step, first_bad)
+                    running += loss.detach()
+                    seen += len(idx)
+                    if on_step is not None:
+                        on_step(step)
+                    if show_bar and (i % 20 == 19 or i == self.steps_per_epoch - 1):
+                        self._check_finite(first_bad, epoch)
+                        rate = seen / max(time.perf_counter() - started, 1e-9)
+                        bar.set_postfix(epoch=epoch + 1, loss=f"{float(running) / (i + 1):.4f}", img_s=f"{rate:.0f}")
+                        bar.update(step - bar.n)
+                self._check_finite(first_bad, epoch)
+                elapsed = time.perf_counter() - started
+                self.state.step += self.steps_per_epoch
+                self.state.epoch += 1
+                self._end_epoch(float(running) / self.steps_per_epoch, seen / elapsed, elapsed)
+        finally:
+            bar.close()
+
+    def _check_finite(self, first_bad: Tensor, epoch: int) -> None:
+        bad = int(first_bad)
+        if bad >= 0:
+            last = self.run_dir / "last.pt"
+            kept = f"; the last good checkpoint is {last}" if last.exists() else ""
+            raise ConvaeError(
+                f"loss became non-finite at step {bad} (epoch {epoch + 1}); stopped{kept}. "
+                "Try a lower --lr or --clip-grad"
+            )
+
+    def _first_summaries(self) -> None:
+        example = self.x[self.val_idx[:2] if len(self.val_idx) >= 2 else self.train_idx[:2]]
+        noisy, _ = self._prepare_batch(example, None)
+        with _Eval(self.model):
+            self.summaries.graph(self.model, noisy)
+
+    def _end_epoch(self, train_loss: float, images_per_s: float, seconds: float) -> None:
+        config, state = self.config, self.state
+        epoch = state.epoch
+        val_idx = self._val_idx()
+        val = self.evaluate(self.x[val_idx])
+        val_train_mode = self.evaluate(self.x[val_idx[:2048]], train_mode=True)
+        row = {
+            "epoch": epoch,
+            "step": state.step,
+            "train_loss": train_loss,
+            "val_loss": val["loss"],
+            "val_loss_train_mode": val_train_mode["loss"],
+            "val_mse": val["mse"],
+            "val_psnr": val["psnr"],
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "images_per_s": images_per_s,
+            "seconds": seconds,
+        }
+        state.metrics.append(row)
+        gap = abs(val_train_mode["loss"] - val["loss"]) / max(val["loss"], 1e-12)
+        if gap > 0.5 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules()):
+            self._log(
+                f"warning: validation loss in eval mode ({val['loss']:.4g}) and train mode "
+                f"({val_train_mode['loss']:.4g}) differ by {gap:.0%}: batch-norm running statistics lag the weights"
+            )
+        self.summaries.scalars(
+            {
+                "loss/train": train_loss,
+                "loss/val": val["loss"],
+                "loss/val_train_mode": val_train_mode["loss"],
+                "val/mse": val["mse"],
+                "val/psnr": val["psnr"],
+                "lr": row["lr"],
+                "images_per_s": images_per_s,
+            },
+            state.step,
+        )
+        every = config.image_every or max(1, config.epochs // 4)
+        if epoch == 1 or epoch % every == 0 or epoch == config.epochs:
+            self._image_summaries(val_idx)
+        if config.histograms:
+            self.summaries.histograms(self.model, self._activations(val_idx[:256]), state.step)
+        improved = val["loss"] < state.best_val
+        if improved:
+            state.best_val, state.bad_epochs = val["loss"], 0
+        else:
+            state.bad_epochs += 1
+        checkpoint.write_json(self.run_dir / "metrics.json", state.metrics)
+        ckpt = self._state_dict()
+        checkpoint.save(self.run_dir / "last.pt", ckpt)
+        if improved:
+            checkpoint.save(self.run_dir / "best.pt", ckpt)
+        if config.quiet or sys.stderr.isatty():
+            return
+        self._log(
+            f"epoch {epoch}/{config.epochs}  train {train_loss:.5f}  val {val['loss']:.5f}  "
+            f"psnr {val['psnr']:.2f} dB  {images_per_s:.0f} img/s"
+        )
+
+    @torch.no_grad()
+    def _image_summaries(self, idx: Tensor) -> None:
+        raw = self.x[idx[:16]]
+        noisy, _ = self._prepare_batch(raw, torch.Generator(device=self.device).manual_seed(0))
+        with _Eval(self.model):
+            out = self.model(noisy)
+        norm = self.p.normalizer
+        grids = {"images/input": self._display(raw), "images/reconstruction": self._display(norm.inverse(out.float()))}
+        if self.noise is not None:
+            grids["images/noisy_input"] = self._display(norm.inverse(noisy.float()))
+        self.summaries.image_grids(grids, self.state.step)
+
+    def _display(self, x: Tensor) -> Tensor:
+        return ((x - self.p.data_low) / max(self.p.data_high - self.p.data_low, 1e-12)).clamp(0, 1)
+
+    @torch.no_grad()
+    def _activations(self, idx: Tensor) -> dict[str, Tensor]:
+        noisy, _ = self._prepare_batch(self.x[idx], None)
+        out: dict[str, Tensor] = {}
+        with _Eval(self.model):
+            h = noisy
+            for i, block in enumerate(self.model.encoder):
+                h, _ = block(h)
+                out[f"encoder/{i + 1}"] = h
+        return out
+
+    @torch.no_grad()
+    def finish(self) -> dict[str, Any]:
+        """Final metrics with the best weights; hparams and the code projector."""
+        best = checkpoint.load(self.run_dir / "best.pt", map_location=self.device)
+        self.model.load_state_dict(best["model"])
+        val_idx = self._val_idx()
+        final = {f"val_{k}": v for k, v in self.evaluate(self.x[val_idx]).items()}
+        dataset = self.p.dataset
+        if dataset.x_test is not None:
+            test = self.evaluate(torch.as_tensor(dataset.x_test).to(self.device))
+            final.update({f"test_{k}": v for k, v in test.items()})
+        self.summaries.hparams(dataclasses.asdict(self.config), final)
+        sample = val_idx[: self.config.embedding_samples]
+        if len(sample):
+            noisy, _ = self._prepare_batch(self.x[sample], None)
+            with _Eval(self.model):
+                codes = self.model.encode(noisy)
+            labels = None
+            if dataset.y_train is not None:
+                ys = dataset.y_train[sample.cpu().numpy()]
+                labels = [dataset.classes[y] if dataset.classes else str(y) for y in ys]
+            self.summaries.embedding(codes, labels, self._display(self.x[sample]), self.state.step)
+        self.summaries.close()
+        return final
+
+
+class _Eval:
+    """Eval mode inside the block, the previous mode after it."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def __enter__(self) -> None:
+        self.was_training = self.model.training
+        self.model.eval()
+
+    def __exit__(self, *exc: object) -> None:
+        self.model.train(self.was_training)
+
+
+def train(
+    config: TrainConfig | None = None,
+    *,
+    resume: str | Path | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Train a run (or resume one); returns ``{"run_dir", "epochs", "metrics", "final"}``.
+
+    Nothing is written until the data loads and the model builds; a run that
+    fails before its first checkpoint leaves no run directory behind.
+    """
+    if resume is not None:
+        run_dir = Path(resume)
+        state = checkpoint.load(run_dir / "last.pt")
+        config = TrainConfig(**state["train_config"])
+        if config.epochs <= state["epoch"]:
+            raise ConvaeError(f"{run_dir} already finished its {config.epochs} epochs")
+        prepared = prepare(config, normalizer_state=state["normalizer"])
+        if ModelConfig(**state["model_config"]).to_dict() != prepared.model.config.to_dict():
+            raise ConvaeError(f"{run_dir}: the checkpoint's model does not match its config")
+    else:
+        if config is None:
+            config = TrainConfig()
+        config.validate()
+        prepared = prepare(config)
+        run_dir = _new_run_dir(config)
+        state = None
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = pick_device(config.device)
+    created = not run_dir.exists()
+    trainer = Trainer(config, run_dir, prepared, device)
+    if state is not None:
+        trainer.load_state(state)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        checkpoint.write_json(run_dir / "config.json", dataclasses.asdict(config))
+        checkpoint.atomic_write(run_dir / "preprocess.pt", lambda f: torch.save(prepared.normalizer.to_dict(), f))
+        trainer.fit(on_step)
+        final = trainer.finish()
+    except BaseException:
+        if trainer.summaries:
+            trainer.summaries.close()
+        if created and not (run_dir / "last.pt").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    checkpoint.write_json(run_dir / "final.json", final)
+    return {"run_dir": str(run_dir), "epochs": trainer.state.epoch, "metrics": trainer.state.metrics, "final": final}
+
+
+def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu"):
+    """A trained model (eval mode) with its normalizer and config, from a run directory."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConvaeError(f"{run_dir}: no such run directory")
+    path = run_dir / f"{which}.pt"
+    if not path.exists():
+        raise ConvaeError(f"{run_dir}: no {which}.pt checkpoint (has it finished an epoch?)")
+    state = checkpoint.load(path, map_location=device)
+    model = from_config(state["model_config"])
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, Normalizer.from_dict(state["normalizer"]), TrainConfig(**state["train_config"])
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Settings from a TOML (or JSON) file; keys are TrainConfig fields."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConvaeError(f"{path}: no such config file")
+    text = path.read_text()
+    try:
+        if path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib
+            data = tomllib.loads(text)
+    except ValueError as err:
+        raise ConvaeError(f"{path}: cannot parse ({err})") from None
+    if not isinstance(data, dict):
+        raise ConvaeError(f"{path}: expected a table of settings")
+    data = data.get("train", data)
+    return data

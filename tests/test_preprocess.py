@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+import torch
+
+from convae.errors import ConvaeError
+from convae.preprocess import Noise, Normalizer
+
+
+def _data(seed=0, n=400, c=2, size=4):
+    rng = np.random.default_rng(seed)
+    mix = rng.normal(size=(c * size * size, c * size * size))
+    x = rng.normal(size=(n, c * size * size)) @ mix * 0.1 + 0.5
+    return x.reshape(n, c, size, size).astype(np.float32)
+
+
+@pytest.mark.parametrize("mode", ["none", "unit", "standardize", "zca"])
+def test_inverse_restores(mode):
+    x = _data()
+    norm = Normalizer(mode).fit(x)
+    t = torch.as_tensor(x)
+    assert torch.allclose(norm.inverse(norm.transform(t)), t, atol=1e-4)
+
+
+def test_unit_and_standardize_statistics():
+    x = _data() * 3 + 1
+    unit = Normalizer("unit").fit(x).transform(torch.as_tensor(x))
+    assert unit.min().item() == pytest.approx(0, abs=1e-6) and unit.max().item() == pytest.approx(1, abs=1e-6)
+    std = Normalizer("standardize").fit(x).transform(torch.as_tensor(x))
+    assert torch.allclose(std.mean(dim=(0, 2, 3)), torch.zeros(2), atol=1e-4)
+    assert torch.allclose(std.std(dim=(0, 2, 3), unbiased=False), torch.ones(2), atol=1e-3)
+
+
+def test_zca_whitens_and_stays_close_to_the_data():
+    x = _data(n=2000)
+    norm = Normalizer("zca", epsilon=1e-6).fit(x)
+    white = norm.transform(torch.as_tensor(x)).reshape(len(x), -1).double()
+    cov = torch.cov(white.T, correction=0)
+    assert torch.allclose(white.mean(0), torch.zeros(white.shape[1], dtype=torch.float64), atol=1e-3)
+    assert torch.allclose(cov, torch.eye(cov.shape[0], dtype=torch.float64), atol=2e-2)
+    # ZCA (unlike PCA whitening) is symmetric: the whitening matrix equals its transpose.
+    assert torch.allclose(norm.state["whiten"], norm.state["whiten"].T, atol=1e-3)
+    # With a larger epsilon the variance is damped below 1 (epsilon regularises small eigenvalues).
+    damped = Normalizer("zca", epsilon=1.0).fit(x).transform(torch.as_tensor(x)).reshape(len(x), -1)
+    assert damped.var(0).mean() < 0.9
+
+
+def test_zca_refuses_huge_inputs():
+    with pytest.raises(ConvaeError, match="zca on 12288 features"):
+        Normalizer("zca").fit(np.zeros((2, 3, 64, 64), np.float32))
+
+
+def test_normalizer_round_trips_through_dict():
+    x = _data()
+    norm = Normalizer("standardize").fit(x)
+    again = Normalizer.from_dict(norm.to_dict())
+    t = torch.as_tensor(x)
+    assert torch.equal(norm.transform(t), again.transform(t))
+    assert norm.output_activation == "identity" and Normalizer("unit").output_activation == "sigmoid"
+
+
+def test_noise_kinds():
+    x = torch.full((200, 1, 10, 10), 0.5)
+    g = torch.Generator().manual_seed(0)
+    gauss = Noise.parse("gaussian:0.1").apply(x, 0, 1, g)
+    assert (gauss - x).std().item() == pytest.approx(0.1, rel=0.05)
+    clipped = Noise.parse("gaussian:5").apply(x, 0, 1, g)
+    assert clipped.min() >= 0 and clipped.max() <= 1
+    masked = Noise.parse("masking:0.25").apply(x, 0, 1, g)
+    assert (masked == 0).float().mean().item() == pytest.approx(0.25, abs=0.02)
+    sp = Noise.parse("saltpepper:0.2").apply(x, 0, 1, g)
+    changed = sp != x
+    assert changed.float().mean().item() == pytest.approx(0.2, abs=0.02)
+    assert set(sp[changed].unique().tolist()) == {0.0, 1.0}
+    assert Noise.parse(None) is None and Noise.parse("none") is None
+
+
+@pytest.mark.parametrize("text", ["blur:0.3", "gaussian:x", "masking:1.5", "gaussian:-1"])
+def test_noise_errors(text):
+    with pytest.raises(ConvaeError, match="noise"):
+        Noise.parse(text)

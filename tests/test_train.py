@@ -1,0 +1,137 @@
+import json
+
+import pytest
+import torch
+from helpers import write_npz
+
+from convae import checkpoint
+from convae.errors import ConvaeError
+from convae.train import TrainConfig, load_run, resolve_config, train
+
+ARCH = "conv(8,3,stride=2) bn relu conv(16,3,stride=2) bn relu dense(8)"
+
+
+@pytest.fixture
+def npz(tmp_path):
+    return f"npy:{write_npz(tmp_path / 'blobs.npz')}"
+
+
+def _config(npz, tmp_path, name="run", **over):
+    settings = dict(data=npz, arch=ARCH, epochs=3, batch_size=16, lr=3e-3, out=str(tmp_path / name), quiet=True)
+    settings.update(over)
+    return resolve_config(settings)
+
+
+def test_run_directory_contents(npz, tmp_path):
+    result = train(_config(npz, tmp_path))
+    run = tmp_path / "run"
+    for name in ("config.json", "preprocess.pt", "last.pt", "best.pt", "metrics.json", "final.json"):
+        assert (run / name).is_file(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert [m["epoch"] for m in metrics] == [1, 2, 3]
+    assert metrics[-1]["val_loss"] < metrics[0]["val_loss"]  # it learns
+    assert json.loads((run / "config.json").read_text())["arch"] == ARCH
+    assert result["final"]["val_mse"] > 0
+    model, norm, config = load_run(run)
+    assert config.epochs == 3 and norm.mode == "unit" and not model.training
+
+
+def test_resume_matches_uninterrupted_run(npz, tmp_path):
+    straight = train(_config(npz, tmp_path, "straight", noise="gaussian:0.1", **{"arch": ARCH + " dropout(0.1)"}))
+
+    steps_per_epoch = straight["metrics"][0]["step"]
+
+    def interrupt(step):
+        if step == steps_per_epoch + 2:  # in the middle of epoch 2
+            raise KeyboardInterrupt
+
+    config = _config(npz, tmp_path, "interrupted", noise="gaussian:0.1", **{"arch": ARCH + " dropout(0.1)"})
+    with pytest.raises(KeyboardInterrupt):
+        train(config, on_step=interrupt)
+    assert checkpoint.load(tmp_path / "interrupted" / "last.pt")["epoch"] == 1
+    resumed = train(resume=tmp_path / "interrupted")
+    assert resumed["epochs"] == 3
+    a = checkpoint.load(tmp_path / "straight" / "last.pt")["model"]
+    b = checkpoint.load(tmp_path / "interrupted" / "last.pt")["model"]
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [m["val_loss"] for m in straight["metrics"]] == [m["val_loss"] for m in resumed["metrics"]]
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(npz, tmp_path):
+    config = _config(npz, tmp_path)
+    holder = {}
+
+    def poison(step):
+        if step == 7:  # epoch 2 (5 steps per epoch): a weight turns NaN, the next loss is NaN
+            with torch.no_grad():
+                holder["model"].encoder[0].down.conv.weight.fill_(float("nan"))
+
+    import convae.train as train_module
+
+    original = train_module.Trainer.__init__
+
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        holder["model"] = self.model
+
+    train_module.Trainer.__init__ = spy
+    try:
+        with pytest.raises(ConvaeError, match=r"non-finite at step 8 \(epoch 2\).*last good checkpoint"):
+            train(config, on_step=poison)
+    finally:
+        train_module.Trainer.__init__ = original
+    last = checkpoint.load(tmp_path / "run" / "last.pt")
+    assert last["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+
+
+def test_early_stopping(npz, tmp_path):
+    result = train(_config(npz, tmp_path, arch="conv(4,3,stride=2) relu dense(4)", epochs=10, lr=1e-30, patience=2))
+    assert result["epochs"] == 3  # the best epoch, then two without improvement
+
+
+def test_failure_before_first_checkpoint_leaves_nothing(npz, tmp_path):
+    with pytest.raises(ConvaeError, match="layer 1 'conv\\(8,9,padding=valid\\)'"):
+        train(_config(npz, tmp_path, arch="conv(8,9,padding=valid) dense(3)"))
+    assert not (tmp_path / "run").exists()
+
+    def boom(step):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(npz, tmp_path), on_step=boom)
+    assert not (tmp_path / "run").exists()
+
+
+def test_refuses_to_overwrite_a_run(npz, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "something").write_text("x")
+    with pytest.raises(ConvaeError, match="already exists and is not empty; pass --resume"):
+        train(_config(npz, tmp_path))
+
+
+def test_settings_resolution_and_errors():
+    config = resolve_config({"arch": "fmnist-32", "epochs": 2})
+    assert config.epochs == 2 and config.schedule == "onecycle"  # preset recipe under user settings
+    assert resolve_config({}).arch == "fmnist-32"
+    with pytest.raises(ConvaeError, match="unknown setting\\(s\\): colour"):
+        resolve_config({"colour": "red"})
+    with pytest.raises(ConvaeError, match="loss bce needs data in \\[0, 1\\]"):
+        resolve_config({"loss": "bce", "normalize": "standardize"})
+    with pytest.raises(ConvaeError, match="schedule must be one of"):
+        resolve_config({"schedule": "exponential"})
+    with pytest.raises(ConvaeError, match="epochs must be a positive integer"):
+        TrainConfig(epochs=0).validate()
+
+
+@pytest.mark.parametrize("normalize, loss", [("standardize", "l1"), ("zca", "mse"), ("unit", "bce")])
+def test_normalizations_and_losses_train(npz, tmp_path, normalize, loss):
+    result = train(
+        _config(npz, tmp_path, normalize=normalize, loss=loss, epochs=2, optimizer="adamw", schedule="cosine")
+    )
+    metrics = result["metrics"]
+    assert all(m["val_mse"] == m["val_mse"] for m in metrics)  # finite, not NaN
+    model, norm, _ = load_run(tmp_path / "run")
+    assert norm.mode == normalize
+    assert model.config.output == ("sigmoid" if normalize == "unit" else "identity")

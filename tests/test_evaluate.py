@@ -73,3 +73,105 @@ def test_eval_cli(run_dir, capsys):
     empty.mkdir()
     assert main(["eval", str(empty)]) == 2
     assert "no best.pt checkpoint" in capsys.readouterr().err
+
+
+def test_encode_cli_npz_and_npy(run_dir, tmp_path):
+    assert main(["encode", str(run_dir), "--out", str(tmp_path / "codes.npz"), "--quiet"]) == 0
+    saved = np.load(tmp_path / "codes.npz")
+    assert saved["codes"].shape == (120, 6) and saved["labels"].shape == (120,)
+    assert main(["encode", str(run_dir), "--out", str(tmp_path / "codes.npy"), "--split", "val", "--quiet"]) == 0
+    assert np.load(tmp_path / "codes.npy").shape == (12, 6)
+    assert main(["encode", str(run_dir), "--out", str(tmp_path / "codes.txt")]) == 2
+
+
+def test_reconstruct_files_and_noise(run_dir, tmp_path, capsys):
+    from PIL import Image
+
+    img = tmp_path / "in.png"
+    Image.fromarray((np.random.default_rng(0).random((8, 8)) * 255).astype(np.uint8)).save(img)
+    out = tmp_path / "out"
+    assert main(["reconstruct", str(run_dir), str(img), "--out", str(out)]) == 0
+    assert Image.open(out / "in.png").size == (8, 8)
+    assert (
+        main(
+            [
+                "reconstruct",
+                str(run_dir),
+                "--data",
+                "digits",
+                "--limit",
+                "3",
+                "--noise",
+                "gaussian:0.3",
+                "--out",
+                str(tmp_path / "noisy"),
+            ]
+        )
+        == 0
+    )
+    side = Image.open(tmp_path / "noisy" / "00000.png")
+    assert side.size == (16, 8)  # noisy | reconstruction
+    # Wrong size and wrong channel count: one line, exit 2, nothing written.
+    big = tmp_path / "big.png"
+    Image.fromarray(np.zeros((9, 8), np.uint8)).save(big)
+    rgb = tmp_path / "rgb.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(rgb)
+    for bad, message in ((big, "is 8x9 pixels, the model takes 8x8"), (rgb, "has 3 channel(s), the model takes 1")):
+        capsys.readouterr()
+        assert main(["reconstruct", str(run_dir), str(img), str(bad), "--out", str(tmp_path / "nope")]) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "nope").exists()
+
+
+def test_score_with_anomaly_class(run_dir, tmp_path, capsys):
+    result = ev.score(run_dir, fpr=0.1, anomaly_class=2, maps_dir=tmp_path / "maps", maps=4)
+    assert 0 <= result["roc_auc"] <= 1 and 0 <= result["recall"] <= 1
+    assert len(result["scores"]) == 120 and len(list((tmp_path / "maps").iterdir())) == 4
+    # The threshold leaves about 10% of the (normal) validation samples above it.
+    run = ev.load(run_dir)
+    x_val, y_val, _ = ev.dataset_split(run, None, "val")
+    val_scores, _ = ev.anomaly_scores(run, x_val[y_val != 2])
+    assert (val_scores > result["threshold"]).mean() <= 0.1 + 1e-9
+    csv_path = tmp_path / "scores.csv"
+    assert main(["score", str(run_dir), "--anomaly-class", "1", "--out", str(csv_path), "--metric", "ssim"]) == 0
+    assert "ROC-AUC" in capsys.readouterr().out
+    lines = csv_path.read_text().splitlines()
+    assert lines[0] == "index,score,flagged,label" and len(lines) == 121
+    assert main(["score", str(run_dir), "--anomaly-class", "7"]) == 2
+    assert "class 7 does not occur" in capsys.readouterr().err
+
+
+def _onnx_matches(path, fn, x):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path))
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    want = fn(x).detach().numpy()
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() < 1e-4
+
+
+@pytest.mark.parametrize("arch", ["conv(4,3,stride=2) relu maxpool(2) conv(6,4,stride=2)", "conv(4,3) avgpool(3)"])
+def test_onnx_export_keeps_odd_sizes_exact(arch, tmp_path):
+    import convae
+    from convae.export import export
+
+    model = convae.build(arch, (1, 9, 9)).eval()
+    info = export(model, tmp_path / "ae.onnx")
+    assert info["dynamic"] == ["batch", "spatial"]
+    for shape in ((3, 1, 9, 9), (1, 1, 13, 10), (2, 1, 16, 17)):
+        _onnx_matches(tmp_path / "ae.onnx", model, torch.rand(*shape))
+    export(model, tmp_path / "dec.onnx", part="decoder")
+    _onnx_matches(tmp_path / "dec.onnx", model.decode, torch.rand(4, *model.code_shape))
+
+
+def test_export_cli_all_parts(run_dir, tmp_path, capsys):
+    assert main(["export", str(run_dir), "--part", "all", "--out", str(tmp_path / "m.onnx")]) == 0
+    run = ev.load(run_dir)
+    x = torch.rand(5, 1, 8, 8)
+    _onnx_matches(tmp_path / "m.autoencoder.onnx", run.model, x)
+    _onnx_matches(tmp_path / "m.encoder.onnx", run.model.encode, x)
+    _onnx_matches(tmp_path / "m.decoder.onnx", run.model.decode, torch.rand(3, 6))
+    assert main(["export", str(run_dir), "--format", "torchscript", "--out", str(tmp_path / "m.pt")]) == 0
+    scripted = torch.jit.load(str(tmp_path / "m.pt"))
+    assert torch.allclose(scripted(x), run.model(x), atol=1e-5)

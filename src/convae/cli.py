@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from convae.errors import ConvaeError
@@ -48,6 +49,13 @@ def _image_size(text: str) -> list[int]:
     return shape
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a list of integers like 0 or 1,7") from None
+
+
 def _bool(text: str) -> bool:
     if text.lower() in ("1", "true", "yes", "on"):
         return True
@@ -66,6 +74,7 @@ TRAIN_FLAGS: list[tuple[str, Any, str, tuple | None]] = [
     ("--normalize", str, "input preparation (default unit)", ("none", "unit", "standardize", "zca")),
     ("--zca-epsilon", float, "ZCA whitening epsilon (default 0.01)", None),
     ("--noise", str, "denoising: gaussian:0.3, masking:0.25 or saltpepper:0.1", None),
+    ("--exclude-classes", _int_list, "labels left out of training, e.g. 0 or 1,7 (anomaly detection)", None),
     ("--arch", str, "preset name or architecture string (default fmnist-32; see `convae presets`)", None),
     ("--output", str, "output activation (default: sigmoid for unit, else identity)", ("sigmoid", "identity", "tanh")),
     ("--tied", _bool, "decoder reuses encoder weights (true/false)", None),
@@ -134,6 +143,92 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_encode(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from convae.checkpoint import atomic_write
+    from convae.evaluate import encode_dataset
+
+    out = Path(args.out)
+    if out.suffix not in (".npy", ".npz"):
+        raise ConvaeError(f"{out}: the output must end in .npy (codes) or .npz (codes and labels)")
+    codes, labels = encode_dataset(args.run, args.data, args.split, progress=not args.quiet)
+    if out.suffix == ".npz":
+        arrays = {"codes": codes, **({"labels": labels} if labels is not None else {})}
+        atomic_write(out, lambda f: np.savez(f, **arrays))
+    else:
+        atomic_write(out, lambda f: np.save(f, codes))
+    extra = " and labels" if labels is not None and out.suffix == ".npz" else ""
+    print(f"codes{extra}: {out}  shape {codes.shape}")
+    return 0
+
+
+def _cmd_reconstruct(args: argparse.Namespace) -> int:
+    from convae.evaluate import reconstruct
+
+    if not args.inputs and not args.data:
+        raise ConvaeError("give image files or --data")
+    written = reconstruct(args.run, args.out, inputs=args.inputs, data=args.data, limit=args.limit, noise=args.noise)
+    layout = " (noisy input | reconstruction)" if args.noise else ""
+    print(f"{len(written)} reconstruction(s){layout} in {args.out}")
+    return 0
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    import csv
+    import io
+
+    from convae.checkpoint import atomic_write, write_json
+    from convae.evaluate import score
+
+    result = score(
+        args.run, args.data, metric=args.metric, fpr=args.fpr, anomaly_class=args.anomaly_class, maps_dir=args.maps
+    )
+    scores, labels = result.pop("scores"), result.pop("labels")
+    if args.out:
+        text = io.StringIO()
+        writer = csv.writer(text)
+        writer.writerow(["index", "score", "flagged"] + (["label"] if labels is not None else []))
+        for i, value in enumerate(scores):
+            row = [i, f"{value:.6g}", int(value > result["threshold"])]
+            writer.writerow(row + ([int(labels[i])] if labels is not None else []))
+        atomic_write(args.out, lambda f: f.write(text.getvalue().encode()))
+    summary = {k: v for k, v in result.items()}
+    if args.json:
+        import json
+
+        print(json.dumps(summary, indent=2))
+    else:
+        print(
+            f"threshold ({args.metric}, {args.fpr:.0%} false positives on validation data): {result['threshold']:.6g}"
+        )
+        print(f"flagged: {result['flagged']} of {result['samples']}")
+        if "roc_auc" in result:
+            print(
+                f"class {result['anomaly_class']} as anomaly: ROC-AUC {result['roc_auc']:.4f}, "
+                f"precision {result['precision']:.3f}, recall {result['recall']:.3f}"
+            )
+    if args.summary:
+        write_json(args.summary, summary)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from convae.evaluate import load
+    from convae.export import export
+
+    run = load(args.run)
+    out = Path(args.out)
+    parts = ["autoencoder", "encoder", "decoder"] if args.part == "all" else [args.part]
+    for part in parts:
+        path = out if len(parts) == 1 else out.with_name(f"{out.stem}.{part}{out.suffix}")
+        info = export(run.model, path, args.format, part)
+        print(f"{part}: {info['path']}  (dynamic: {', '.join(info['dynamic'])})")
+    if run.normalizer.mode != "none":
+        print(f"note: inputs must be preprocessed as in training ({run.normalizer.mode}); see {args.run}/preprocess.pt")
+    return 0
+
+
 def _cmd_presets(args: argparse.Namespace) -> int:
     from convae import presets
 
@@ -187,6 +282,58 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-probe", action="store_true", help="skip the linear probe")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("encode", help="write the codes of a dataset", description="Write the code of every sample.")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--data", help="dataset (default: the run's)")
+    p.add_argument(
+        "--split", default="all", choices=("all", "train", "val", "test"), help="which samples (default all)"
+    )
+    p.add_argument("--out", required=True, help="codes.npy, or codes.npz for codes and labels")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_encode)
+
+    p = sub.add_parser(
+        "reconstruct",
+        help="write reconstructions as PNG",
+        description="Reconstruct image files (or the first --limit test samples of --data) into PNG files.",
+    )
+    p.add_argument("run", help="run directory")
+    p.add_argument("inputs", nargs="*", help="image files")
+    p.add_argument("--data", help="a dataset instead of image files")
+    p.add_argument("--limit", type=int, default=64, help="samples from --data (default 64)")
+    p.add_argument("--noise", help="corrupt the input first (e.g. gaussian:0.3): noisy | clean side by side")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=_cmd_reconstruct)
+
+    p = sub.add_parser(
+        "score",
+        help="anomaly scores from reconstruction error",
+        description="Score each test sample by its reconstruction error; set a threshold on the run's "
+        "validation data for a false-positive rate; with --anomaly-class, report ROC-AUC and precision/recall.",
+    )
+    p.add_argument("run", help="run directory")
+    p.add_argument("--data", help="dataset to score (default: the run's test split)")
+    p.add_argument("--metric", default="mse", choices=("mse", "l1", "ssim"), help="per-sample error (default mse)")
+    p.add_argument("--fpr", type=float, default=0.05, help="false-positive rate on validation data (default 0.05)")
+    p.add_argument("--anomaly-class", type=int, help="label counted as anomalous (for ROC-AUC)")
+    p.add_argument("--out", help="CSV of per-sample scores")
+    p.add_argument("--maps", help="folder for per-pixel error maps of the highest-scoring samples")
+    p.add_argument("--summary", help="JSON file for the threshold and metrics")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=_cmd_score)
+
+    p = sub.add_parser(
+        "export",
+        help="export to ONNX or TorchScript",
+        description="Export the autoencoder, encoder or decoder (dynamic batch; dynamic height and width "
+        "in ONNX when the architecture has no dense layer).",
+    )
+    p.add_argument("run", help="run directory")
+    p.add_argument("--format", default="onnx", choices=("onnx", "torchscript"))
+    p.add_argument("--part", default="autoencoder", choices=("autoencoder", "encoder", "decoder", "all"))
+    p.add_argument("--out", required=True, help="output file (with --part all: NAME.PART.EXT beside it)")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("presets", help="list the named architectures", description="List the named architectures.")
     p.set_defaults(func=_cmd_presets)

@@ -15,6 +15,7 @@ Independent of the model. Sources for ``--data``:
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import os
@@ -339,6 +340,21 @@ def load(
     if sep and kind == "npy":
         return load_npy(path)
     raise ConvaeError(f"unknown dataset '{source}' (known: {', '.join(SOURCES)})")
+
+
+def drop_classes(dataset: Dataset, classes: Sequence[int] | None) -> Dataset:
+    """The dataset without these classes in its training split (the test split is kept whole).
+
+    For anomaly detection: train on normal classes, score the test split.
+    """
+    if not classes:
+        return dataset
+    if dataset.y_train is None:
+        raise ConvaeError(f"{dataset.name} has no labels, so no classes can be left out")
+    keep = ~np.isin(dataset.y_train, list(classes))
+    if not keep.any():
+        raise ConvaeError(f"leaving out classes {list(classes)} leaves no training data")
+    return dataclasses.replace(dataset, x_train=dataset.x_train[keep], y_train=dataset.y_train[keep])
 
 
 def split_validation(n: int, val_fraction: float, seed: int, minimum: int = 1) -> tuple[np.ndarray, np.ndarray]:

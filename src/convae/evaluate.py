@@ -101,7 +101,9 @@ def _take(y: np.ndarray | None, idx: np.ndarray) -> np.ndarray | None:
 
 
 def load_dataset(source: str, cfg: TrainConfig) -> Dataset:
-    return datasets.load(source, data_dir=cfg.data_dir, channels=cfg.channels, image_size=cfg.image_size)
+    """A dataset as the run saw it: same loading options, the same classes left out of training."""
+    dataset = datasets.load(source, data_dir=cfg.data_dir, channels=cfg.channels, image_size=cfg.image_size)
+    return datasets.drop_classes(dataset, cfg.exclude_classes) if source == cfg.data else dataset
 
 
 def ssim(a: Tensor, b: Tensor, data_range: float, window: int = 7) -> Tensor:
@@ -307,3 +309,203 @@ def _plots(run: Run, x: np.ndarray, labels: np.ndarray | None, classes: list | N
         plt.close(fig)
         figures.append(("Codes, projected to 2-D, coloured by label", "codes_map.png"))
     return figures
+
+
+# ----------------------------------------------------------------------------- encode / reconstruct / score
+
+
+def dataset_split(run: Run, data: str | None, split: str) -> tuple[np.ndarray, np.ndarray | None, Dataset]:
+    """Samples and labels of a split: ``test`` (or all data when there is none), ``val`` or ``train``."""
+    cfg = run.config
+    dataset = load_dataset(data or cfg.data, cfg)
+    if split == "test" and dataset.x_test is not None:
+        return dataset.x_test, dataset.y_test, dataset
+    if split in ("val", "train") and (data is None or data == cfg.data):
+        train_idx, val_idx = split_validation(len(dataset.x_train), cfg.val_fraction, cfg.seed)
+        idx = val_idx if split == "val" else train_idx
+        if split == "val" and len(idx) == 0:
+            raise ConvaeError(f"the run kept no validation split of {cfg.data}")
+        return dataset.x_train[idx], _take(dataset.y_train, idx), dataset
+    if split not in ("test", "val", "train", "all"):
+        raise ConvaeError(f"split must be test, val, train or all, not {split!r}")
+    return dataset.x_train, dataset.y_train, dataset
+
+
+def encode_dataset(run: str | Path | Run, data: str | None = None, split: str = "all", progress: bool = False):
+    """Codes of every sample of a split (``all``: the whole training file), with labels when known."""
+    run = _as_run(run)
+    x, y, _ = dataset_split(run, data, split)
+    batches = range(0, len(x), 1024)
+    if progress:
+        from tqdm import tqdm
+
+        batches = tqdm(batches, unit="batch", disable=None)
+    codes = np.concatenate([run.encode(x[i : i + 1024]) for i in batches])
+    return codes, y
+
+
+def read_images(run: Run, paths: list[str]) -> list[np.ndarray]:
+    """Image files as (N, C, H, W) in [0, 1], checked against the model's channels and size."""
+    from PIL import Image, UnidentifiedImageError
+
+    channels = run.model.input_shape[0]
+    arrays = []
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                mode_channels = 1 if img.mode in ("L", "1", "I", "I;16", "F") else 3
+                if mode_channels != channels:
+                    raise ConvaeError(f"{path}: has {mode_channels} channel(s), the model takes {channels}")
+                a = np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
+        except (FileNotFoundError, UnidentifiedImageError, OSError) as err:
+            raise ConvaeError(f"{path}: cannot read image ({err})") from None
+        a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+        if run.model.has_dense and a.shape[1:] != tuple(run.model.input_shape[1:]):
+            h, w = run.model.input_shape[1:]
+            raise ConvaeError(f"{path}: is {a.shape[2]}x{a.shape[1]} pixels, the model takes {w}x{h}")
+        arrays.append(a.astype(np.float32) / 255.0)
+    if not arrays:
+        raise ConvaeError("no input images given")
+    return arrays
+
+
+def _to_png(array: np.ndarray, lo: float = 0.0, hi: float = 1.0):
+    from PIL import Image
+
+    a = np.clip((array - lo) / max(hi - lo, 1e-12), 0, 1)
+    a = (a * 255).round().astype(np.uint8)
+    return Image.fromarray(a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0))
+
+
+def reconstruct(
+    run: str | Path | Run,
+    out_dir: str | Path,
+    *,
+    inputs: list[str] | None = None,
+    data: str | None = None,
+    limit: int = 64,
+    noise: str | None = None,
+    seed: int = 0,
+) -> list[str]:
+    """Reconstructions as PNG files (input size and channels); with ``noise`` each file is noisy | clean output.
+
+    Everything is computed first and written at the end, so a bad input leaves no partial output folder.
+    """
+    from PIL import Image
+
+    from convae.preprocess import Noise
+
+    run = _as_run(run)
+    if inputs:
+        images, names = read_images(run, inputs), [Path(p).stem for p in inputs]
+    else:
+        x, _, _ = dataset_split(run, data, "test")
+        images, names = list(x[:limit]), [f"{i:05d}" for i in range(min(limit, len(x)))]
+    if not images:
+        raise ConvaeError("the dataset holds no samples")
+    corruption = Noise.parse(noise)
+    generator = torch.Generator().manual_seed(seed)
+    pictures = []
+    for image in images:
+        clean = torch.as_tensor(image)[None]
+        shown = clean
+        if corruption is not None:
+            shown = corruption.apply(clean, 0.0, 1.0, generator)
+        out = run.reconstruct(shown.numpy())[0]
+        parts = [shown[0].numpy(), out] if corruption is not None else [out]
+        row = [_to_png(p) for p in parts]
+        canvas = Image.new(row[0].mode, (sum(r.width for r in row), row[0].height))
+        for k, r in enumerate(row):
+            canvas.paste(r, (k * r.width, 0))
+        pictures.append(canvas)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, picture in zip(names, pictures):
+        path = out_dir / f"{name}.png"
+        checkpoint.atomic_write(path, lambda f, p=picture: p.save(f, format="PNG"))
+        written.append(str(path))
+    return written
+
+
+SCORE_METRICS = ("mse", "l1", "ssim")
+
+
+def anomaly_scores(run: Run, x: np.ndarray, metric: str = "mse") -> tuple[np.ndarray, np.ndarray]:
+    """(per-sample score, per-pixel squared error) of reconstructing ``x``; higher means more anomalous."""
+    if metric not in SCORE_METRICS:
+        raise ConvaeError(f"metric must be one of {', '.join(SCORE_METRICS)}, not {metric!r}")
+    if len(x) == 0:
+        raise ConvaeError("the dataset holds no samples")
+    x_hat = run.reconstruct(x)
+    err = (x_hat - x) ** 2
+    if metric == "mse":
+        scores = err.reshape(len(x), -1).mean(1)
+    elif metric == "l1":
+        scores = np.abs(x_hat - x).reshape(len(x), -1).mean(1)
+    else:
+        if x.ndim != 4:
+            raise ConvaeError("the ssim score needs 2-D images")
+        rng = float(x.max() - x.min()) or 1.0
+        chunks = [ssim(torch.as_tensor(a), torch.as_tensor(b), rng).numpy() for a, b in _chunks(x, x_hat)]
+        scores = 1 - np.concatenate(chunks)
+    return scores.astype(np.float64), err
+
+
+def score(
+    run: str | Path | Run,
+    data: str | None = None,
+    *,
+    metric: str = "mse",
+    fpr: float = 0.05,
+    anomaly_class: int | None = None,
+    maps_dir: str | Path | None = None,
+    maps: int = 32,
+) -> dict[str, Any]:
+    """Anomaly scores on the test split, a threshold at ``fpr`` on the run's validation split, and
+    (with ``anomaly_class``) ROC-AUC and precision/recall at that threshold."""
+    from sklearn.metrics import precision_score, recall_score, roc_auc_score
+
+    if not 0 < fpr < 1:
+        raise ConvaeError(f"fpr must be in (0, 1), not {fpr}")
+    run = _as_run(run)
+    x_val, y_val, _ = dataset_split(run, None, "val")
+    x, y, _ = dataset_split(run, data, "test")
+    if anomaly_class is not None:
+        if y is None:
+            raise ConvaeError("--anomaly-class needs a labelled dataset")
+        if not (y == anomaly_class).any():
+            raise ConvaeError(f"class {anomaly_class} does not occur in the scored data")
+        if y_val is not None:
+            x_val = x_val[y_val != anomaly_class]  # the threshold is set on normal data only
+    val_scores, _ = anomaly_scores(run, x_val, metric)
+    # "higher": at most fpr of the validation samples lie above the threshold.
+    threshold = float(np.quantile(val_scores, 1 - fpr, method="higher"))
+    scores, err = anomaly_scores(run, x, metric)
+    flagged = scores > threshold
+    result: dict[str, Any] = {
+        "metric": metric,
+        "threshold": threshold,
+        "fpr_target": fpr,
+        "samples": len(x),
+        "flagged": int(flagged.sum()),
+        "scores": scores,
+        "labels": y,
+    }
+    if anomaly_class is not None:
+        truth = y == anomaly_class
+        result.update(
+            anomaly_class=int(anomaly_class),
+            roc_auc=float(roc_auc_score(truth, scores)),
+            precision=float(precision_score(truth, flagged, zero_division=0)),
+            recall=float(recall_score(truth, flagged, zero_division=0)),
+            false_positive_rate=float(flagged[~truth].mean()),
+        )
+    if maps_dir is not None and x.ndim == 4:
+        maps_dir = Path(maps_dir)
+        maps_dir.mkdir(parents=True, exist_ok=True)
+        top = float(err.max()) or 1.0
+        for i in np.argsort(-scores)[:maps]:
+            picture = _to_png(err[i].mean(0, keepdims=True), 0.0, top)
+            checkpoint.atomic_write(maps_dir / f"{i:05d}.png", lambda f, p=picture: p.save(f, format="PNG"))
+    return result

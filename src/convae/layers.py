@@ -134,10 +134,17 @@ class ConvUp(nn.Module):
         # convolution's floor division dropped, and an extra leading pad
         # (even kernel, 'same') is the one row the adjoint of F.pad removes.
         output_padding, lead = [], []
+        exporting = torch.compiler.is_exporting()
         for m, n, (before, after) in zip(y.shape[2:], size[1:], self.pads):
             p = min(before, after)
-            output_padding.append(n + (before - p) - ((m - 1) * self.stride + self.kernel - 2 * p))
             lead.append(before - p)
+            if exporting:
+                # An exported graph needs a fixed output padding: take the largest
+                # and keep the first n positions below. The values are the same;
+                # only positions past n are computed and dropped.
+                output_padding.append(self.stride - 1)
+            else:
+                output_padding.append(n + (before - p) - ((m - 1) * self.stride + self.kernel - 2 * p))
         x = FUNCTIONS["conv_transpose", self.dims](
             y,
             weight,
@@ -147,7 +154,7 @@ class ConvUp(nn.Module):
             output_padding=tuple(output_padding),
         )
         for axis, start in enumerate(lead):
-            if start:
+            if start or exporting:
                 x = x.narrow(2 + axis, start, size[1 + axis])
         return x
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from convae import checkpoint, presets
-from convae.data import Dataset, load, split_validation
+from convae.data import Dataset, drop_classes, load, split_validation
 from convae.errors import ConvaeError
 from convae.model import AutoEncoder, ModelConfig, build, from_config
 from convae.preprocess import Noise, Normalizer
@@ -52,6 +52,7 @@ class TrainConfig:
     normalize: str = "unit"
     zca_epsilon: float = 1e-2
     noise: str | None = None
+    exclude_classes: list[int] | None = None  # labels left out of training (anomaly detection)
     # model
     arch: str = presets.DEFAULT_PRESET
     output: str | None = None  # None: follows normalize (sigmoid for unit, identity otherwise)
@@ -163,6 +164,7 @@ class Prepared:
 def prepare(config: TrainConfig, normalizer_state: dict | None = None) -> Prepared:
     """Load data, split, fit preprocessing on the training split, build the model. Writes nothing."""
     dataset = load(config.data, data_dir=config.data_dir, channels=config.channels, image_size=config.image_size)
+    dataset = drop_classes(dataset, config.exclude_classes)
     n = len(dataset.x_train)
     if n < 2:
         raise ConvaeError(f"dataset '{config.data}' has {n} sample(s); at least 2 are needed to train")

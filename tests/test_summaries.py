@@ -23,7 +23,7 @@ def test_every_kind_of_summary_is_readable_by_tensorboard(tmp_path):
     config = resolve_config(
         dict(
             data=data,
-            arch="conv(8,3,stride=2) bn relu dense(6)",
+            arch="conv(8,3,stride=2) bn relu maxpool(2) dense(6)",  # max-unpooling in the traced graph too
             epochs=2,
             batch_size=16,
             noise="masking:0.2",

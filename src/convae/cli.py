@@ -91,6 +91,9 @@ TRAIN_FLAGS: list[tuple[str, Any, str, tuple | None]] = [
     ("--seed", int, "random seed (default 0)", None),
     ("--device", str, "auto, cpu, cuda or cuda:N (default auto)", None),
     ("--channels-last", _bool, "channels-last memory layout (default: on for images)", None),
+    ("--amp", _bool, "bf16 autocast (default: on for CUDA GPUs with bf16)", None),
+    ("--compile", _bool, "torch.compile the model for training (default false)", None),
+    ("--sync-bn", _bool, "with torchrun: batch-norm statistics over all processes (default false)", None),
     ("--threads", int, "CPU threads for PyTorch", None),
     ("--out", str, "run directory (default runs/DATA-ARCH-TIME)", None),
     ("--image-every", int, "epochs between image summaries (default: about 4 per run)", None),
@@ -345,7 +348,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except ConvaeError as err:
-        print(f"convae: error: {err}", file=sys.stderr)
+        import os
+
+        # Under torchrun every process may fail; say which one spoke.
+        rank = f" (rank {os.environ['RANK']})" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+        print(f"convae: error{rank}: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("convae: interrupted", file=sys.stderr)

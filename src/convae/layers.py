@@ -245,7 +245,10 @@ class PoolUp(nn.Module):
     def forward(self, y: Tensor, size: Sequence[int], switches: Tensor | None = None) -> Tensor:
         k, s = self.spec.kernel, self.spec.stride
         if switches is not None:
-            return FUNCTIONS["max_unpool", self.dims](y, switches, k, s, output_size=tuple(size[1:]))
+            out_size = tuple(size[1:])
+            if torch.jit.is_tracing():  # sizes are traced tensors there; max_unpool wants ints
+                out_size = tuple(int(n) for n in out_size)
+            return FUNCTIONS["max_unpool", self.dims](y, switches, k, s, output_size=out_size)
         return nearest_unpool(y, k, s, size[1:])
 
 

@@ -69,7 +69,12 @@ class Summaries:
 
     def graph(self, model: nn.Module, example: Tensor) -> None:
         if self.writer:
-            self.writer.add_graph(model, example, use_strict_trace=False)
+            import warnings
+
+            with warnings.catch_warnings():
+                # Tracing warns about sizes it records as constants: fine for a picture of the graph.
+                warnings.simplefilter("ignore")
+                self.writer.add_graph(model, example, use_strict_trace=False)
 
     def embedding(self, codes: Tensor, labels: Sequence[Any] | None, thumbnails: Tensor | None, step: int) -> None:
         if not self.writer:

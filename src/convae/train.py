@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from convae import checkpoint, presets
+from convae import checkpoint, distributed, presets
 from convae.data import Dataset, drop_classes, load, split_validation
 from convae.errors import ConvaeError
 from convae.model import AutoEncoder, ModelConfig, build, from_config
@@ -72,6 +72,9 @@ class TrainConfig:
     # runtime
     device: str = "auto"
     channels_last: bool | None = None  # None: on for 2-D data
+    amp: bool | None = None  # bf16 autocast; None: on for CUDA devices that support bf16
+    compile: bool = False  # torch.compile the training step's model
+    sync_bn: bool = False  # with several processes: batch-norm statistics over the global batch
     threads: int | None = None
     out: str | None = None
     quiet: bool = False
@@ -239,8 +242,16 @@ def _new_run_dir(config: TrainConfig) -> Path:
 class Trainer:
     """The state of one run; :func:`train` is the entry point."""
 
-    def __init__(self, config: TrainConfig, run_dir: Path, prepared: Prepared, device: torch.device):
+    def __init__(
+        self,
+        config: TrainConfig,
+        run_dir: Path,
+        prepared: Prepared,
+        device: torch.device,
+        dist: distributed.Dist | None = None,
+    ):
         self.config, self.run_dir, self.p, self.device = config, run_dir, prepared, device
+        self.dist = dist or distributed.Dist()
         self.model = prepared.model.to(device)
         sample = prepared.dataset.x_train
         self.channels_last = (
@@ -248,6 +259,23 @@ class Trainer:
         ) and sample.ndim == 4
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if config.sync_bn and self.dist.world > 1:
+            if device.type != "cuda":
+                raise ConvaeError(
+                    "--sync-bn needs CUDA devices (PyTorch's SyncBatchNorm); on CPU batch norm is per process"
+                )
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        # `net` is what the training step calls: DDP-wrapped with several processes,
+        # compiled on request. Evaluation and checkpoints use the plain `model`.
+        self.net: nn.Module = self.model
+        if self.dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.net = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        if config.compile:
+            self.net = torch.compile(self.net)
+        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        self.amp = bf16 if config.amp is None else bool(config.amp)
         # The whole training set lives on the device as float32; batches are gathered by index.
         self.x = torch.as_tensor(sample).to(device)
         self.train_idx = torch.as_tensor(prepared.train_idx, device=device)
@@ -255,9 +283,15 @@ class Trainer:
         self.noise = Noise.parse(config.noise)
         self.loss_fn = _loss_fn(config.loss)
         n = len(self.train_idx)
+        # batch_size is the global batch; each of the world's processes takes an
+        # equal slice, so the number of steps does not depend on the process count.
+        world = self.dist.world
         self.batch = min(config.batch_size, n)
-        # Drop a last batch smaller than 2 samples: batch norm cannot train on one.
-        self.steps_per_epoch = n // self.batch + (1 if n % self.batch >= 2 else 0)
+        if self.batch % world:
+            raise ConvaeError(f"batch size {self.batch} does not split evenly over {world} processes")
+        self.local_batch = self.batch // world
+        # Drop a last batch smaller than 2 samples per process: batch norm cannot train on one.
+        self.steps_per_epoch = n // self.batch + (1 if n % self.batch >= 2 * world else 0)
         self.optimizer, self.scheduler = _make_optimizer(
             config, self.model, config.epochs * self.steps_per_epoch, device
         )
@@ -330,16 +364,16 @@ class Trainer:
         return self.val_idx if len(self.val_idx) else self.train_idx
 
     def _log(self, message: str) -> None:
-        if not self.config.quiet:
+        if not self.config.quiet and self.dist.main:
             print(message, file=sys.stderr, flush=True)
 
     # -- the loop ------------------------------------------------------------------------------
     def fit(self, on_step: Callable[[int], None] | None = None) -> None:
         config, model = self.config, self.model
-        self.summaries = Summaries(str(self.run_dir))
-        if self.state.epoch == 0:
+        self.summaries = Summaries(str(self.run_dir), enabled=self.dist.main)
+        if self.state.epoch == 0 and self.dist.main:
             self._first_summaries()
-        show_bar = not config.quiet and sys.stderr.isatty()
+        show_bar = not config.quiet and sys.stderr.isatty() and self.dist.main
         from tqdm import tqdm
 
         total = config.epochs * self.steps_per_epoch
@@ -360,9 +394,16 @@ class Trainer:
                 started = time.perf_counter()
                 seen = 0
                 for i in range(self.steps_per_epoch):
-                    idx = order[i * self.batch : (i + 1) * self.batch]
+                    batch = order[i * self.batch : (i + 1) * self.batch]
+                    idx = batch[
+                        len(batch) * self.dist.rank // self.dist.world : len(batch)
+                        * (self.dist.rank + 1)
+                        // self.dist.world
+                    ]
                     noisy, clean = self._prepare_batch(self.x[idx], generator)
-                    loss = self.loss_fn(model(noisy).float(), clean)
+                    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                        out = self.net(noisy)
+                    loss = self.loss_fn(out.float(), clean)
                     self.optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     if config.clip_grad:
@@ -373,7 +414,7 @@ class Trainer:
                     # Kept on the device: no host synchronisation per step.
                     first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step, first_bad)
                     running += loss.detach()
-                    seen += len(idx)
+                    seen += len(batch)
                     if on_step is not None:
                         on_step(step)
                     if show_bar and (i % 20 == 19 or i == self.steps_per_epoch - 1):
@@ -385,12 +426,14 @@ class Trainer:
                 elapsed = time.perf_counter() - started
                 self.state.step += self.steps_per_epoch
                 self.state.epoch += 1
-                self._end_epoch(float(running) / self.steps_per_epoch, seen / elapsed, elapsed)
+                train_loss = float(distributed.all_mean(running, self.dist)) / self.steps_per_epoch
+                self._end_epoch(train_loss, seen / elapsed, elapsed)
         finally:
             bar.close()
 
     def _check_finite(self, first_bad: Tensor, epoch: int) -> None:
-        bad = int(first_bad)
+        # Every process learns of a bad step on any process, so all stop together.
+        bad = int(distributed.all_max(first_bad, self.dist))
         if bad >= 0:
             last = self.run_dir / "last.pt"
             kept = f"; the last good checkpoint is {last}" if last.exists() else ""
@@ -424,6 +467,13 @@ class Trainer:
             "seconds": seconds,
         }
         state.metrics.append(row)
+        improved = val["loss"] < state.best_val
+        if improved:
+            state.best_val, state.bad_epochs = val["loss"], 0
+        else:
+            state.bad_epochs += 1
+        if not self.dist.main:
+            return
         gap = abs(val_train_mode["loss"] - val["loss"]) / max(val["loss"], 1e-12)
         if gap > 0.5 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules()):
             self._log(
@@ -447,11 +497,6 @@ class Trainer:
             self._image_summaries(val_idx)
         if config.histograms:
             self.summaries.histograms(self.model, self._activations(val_idx[:256]), state.step)
-        improved = val["loss"] < state.best_val
-        if improved:
-            state.best_val, state.bad_epochs = val["loss"], 0
-        else:
-            state.bad_epochs += 1
         checkpoint.write_json(self.run_dir / "metrics.json", state.metrics)
         ckpt = self._state_dict()
         checkpoint.save(self.run_dir / "last.pt", ckpt)
@@ -492,7 +537,9 @@ class Trainer:
 
     @torch.no_grad()
     def finish(self) -> dict[str, Any]:
-        """Final metrics with the best weights; hparams and the code projector."""
+        """Final metrics with the best weights; hparams and the code projector (main process only)."""
+        if not self.dist.main:
+            return {}
         best = checkpoint.load(self.run_dir / "best.pt", map_location=self.device)
         self.model.load_state_dict(best["model"])
         val_idx = self._val_idx()
@@ -559,24 +606,29 @@ def train(
         state = None
     if config.threads:
         torch.set_num_threads(config.threads)
-    device = pick_device(config.device)
+    dist, device = distributed.setup(pick_device(config.device))
     created = not run_dir.exists()
-    trainer = Trainer(config, run_dir, prepared, device)
+    trainer = Trainer(config, run_dir, prepared, device, dist)
     if state is not None:
         trainer.load_state(state)
-    run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        checkpoint.write_json(run_dir / "config.json", dataclasses.asdict(config))
-        checkpoint.atomic_write(run_dir / "preprocess.pt", lambda f: torch.save(prepared.normalizer.to_dict(), f))
+        if dist.main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            checkpoint.write_json(run_dir / "config.json", dataclasses.asdict(config))
+            checkpoint.atomic_write(run_dir / "preprocess.pt", lambda f: torch.save(prepared.normalizer.to_dict(), f))
         trainer.fit(on_step)
         final = trainer.finish()
+        if dist.main:
+            checkpoint.write_json(run_dir / "final.json", final)
+        distributed.barrier(dist)
     except BaseException:
         if trainer.summaries:
             trainer.summaries.close()
-        if created and not (run_dir / "last.pt").exists():
+        if dist.main and created and not (run_dir / "last.pt").exists():
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    checkpoint.write_json(run_dir / "final.json", final)
+    finally:
+        distributed.cleanup()
     return {"run_dir": str(run_dir), "epochs": trainer.state.epoch, "metrics": trainer.state.metrics, "final": final}
 
 

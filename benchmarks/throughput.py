@@ -1,0 +1,206 @@
+"""Training throughput: a plain PyTorch loop against convae's trainer, side by side in one process.
+
+    python benchmarks/throughput.py --quick          # CPU, a few minutes
+    python benchmarks/throughput.py                  # full: bigger subset, more steps
+
+For each architecture and batch size it times
+  baseline: DataLoader over a TensorDataset, float32, eager, torch.optim.Adam, BCE loss,
+            loss.item() each step (as a typical user writes it);
+  convae:   convae.train.train(), the function `convae train` calls, with its
+            defaults for the device (BCE loss so that both do the same work).
+Both train the same architecture (built by convae.build) on the same data:
+Fashion-MNIST when it is on this machine, else random data of that shape.
+It prints a table, then one last line of JSON (a list, one object per case).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import convae
+from convae.data import load
+from convae.errors import ConvaeError
+from convae.train import pick_device, resolve_config, train
+
+ARCHS = {
+    # keras.io "Convolutional autoencoder for image denoising", mirrored by convae.
+    "keras": "conv(32,3) relu maxpool(2) conv(32,3) relu maxpool(2)",
+    # A bottleneck model with batch norm and a 32-d code (the default preset).
+    "bottleneck": "conv(32,3,stride=2) bn relu conv(64,3,stride=2) bn relu conv(128,3,stride=2) bn relu dense(32)",
+    # A wide model: 64-128-256 channels, 128-d code.
+    "wide": "conv(64,3,stride=2) bn relu conv(128,3,stride=2) bn relu conv(256,3,stride=2) bn relu dense(128)",
+}
+
+
+def fashion_or_random(n: int) -> tuple[np.ndarray, str]:
+    try:
+        x = load("fashion-mnist", download=False).x_train[:n]
+        return x, "fashion-mnist"
+    except ConvaeError:
+        rng = np.random.default_rng(0)
+        return rng.random((n, 1, 28, 28), dtype=np.float32), "random"
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def flops_per_image(arch: str, batch: int) -> float:
+    model = convae.build(arch, (1, 28, 28))
+    x = torch.rand(batch, 1, 28, 28)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        F.binary_cross_entropy(model(x), x).backward()
+    return counter.get_total_flops() / batch
+
+
+def baseline(arch: str, x: np.ndarray, batch: int, epochs: int, device: torch.device) -> float:
+    """Images per second of the plain loop, measured over the epochs after the first."""
+    torch.manual_seed(0)
+    model = convae.build(arch, (1, 28, 28)).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loader = DataLoader(TensorDataset(torch.as_tensor(x)), batch_size=batch, shuffle=True, drop_last=True)
+    rates = []
+    for epoch in range(epochs):
+        sync(device)
+        start, seen, total = time.perf_counter(), 0, 0.0
+        for (xb,) in loader:
+            xb = xb.to(device)
+            loss = F.binary_cross_entropy(model(xb), xb)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item()
+            seen += len(xb)
+        sync(device)
+        if epoch > 0:
+            rates.append(seen / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def convae_trainer(arch: str, data_file: str, batch: int, epochs: int, device: torch.device, out: str) -> float:
+    config = resolve_config(
+        dict(
+            data=f"npy:{data_file}",
+            arch=arch,
+            epochs=epochs,
+            batch_size=batch,
+            loss="bce",
+            val_fraction=0.0,
+            device=str(device),
+            out=out,
+            quiet=True,
+            histograms=False,
+            embedding_samples=0,
+        )
+    )
+    result = train(config)
+    return statistics.median(m["images_per_s"] for m in result["metrics"][1:])
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    # Process-wide peak resident memory (Linux reports kilobytes).
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small subset, few epochs (CPU: a few minutes)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--archs", default=",".join(ARCHS), help="comma-separated: " + ", ".join(ARCHS))
+    parser.add_argument("--batches", default="128,1024")
+    parser.add_argument("--samples", type=int, help="training images (default 6144 quick, 60000 full)")
+    parser.add_argument("--epochs", type=int, help="epochs per measurement; the first is warm-up (default 3)")
+    args = parser.parse_args()
+
+    device = pick_device(args.device)
+    samples = args.samples or (6144 if args.quick else 60000)
+    epochs = args.epochs or 3
+    x, source = fashion_or_random(samples)
+    print(
+        f"device: {device_name(device)}; torch {torch.__version__}; data: {source}, {len(x)} images; "
+        f"{epochs} epochs per measurement, the first not timed"
+    )
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data_file = os.path.join(tmp, "x.npy")
+        np.save(data_file, (x * 255).round().astype(np.uint8) if source == "fashion-mnist" else x)
+        for name in args.archs.split(","):
+            arch = ARCHS[name]
+            for batch in (int(b) for b in args.batches.split(",")):
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                base = baseline(arch, x, batch, epochs, device)
+                ours = convae_trainer(arch, data_file, batch, epochs, device, os.path.join(tmp, f"{name}-{batch}"))
+                flops = flops_per_image(arch, min(batch, 128))
+                rows.append(
+                    {
+                        "arch": name,
+                        "batch": batch,
+                        "device": device_name(device),
+                        "baseline_img_s": round(base, 1),
+                        "convae_img_s": round(ours, 1),
+                        "ratio": round(ours / base, 3),
+                        "train_gflop_per_img": round(flops / 1e9, 4),
+                        "tflops": round(flops * ours / 1e12, 4),
+                        "peak_mem_mb": round(peak_memory_mb(device), 1),
+                    }
+                )
+                r = rows[-1]
+                print(
+                    f"{name:<11} batch {batch:<5} baseline {r['baseline_img_s']:>9.0f} img/s   "
+                    f"convae {r['convae_img_s']:>9.0f} img/s   x{r['ratio']:.2f}   "
+                    f"{r['train_gflop_per_img'] * 1e3:.1f} MFLOP/img  {r['tflops']:.3f} TFLOP/s  "
+                    f"peak {r['peak_mem_mb']:.0f} MB",
+                    flush=True,
+                )
+    print(
+        json.dumps(
+            [
+                {
+                    k: r[k]
+                    for k in (
+                        "arch",
+                        "batch",
+                        "device",
+                        "baseline_img_s",
+                        "convae_img_s",
+                        "ratio",
+                        "tflops",
+                        "peak_mem_mb",
+                    )
+                }
+                for r in rows
+            ]
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

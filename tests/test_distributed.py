@@ -1,0 +1,166 @@
+"""Multi-process training with torchrun on CPU (gloo)."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import write_npz
+
+from convae import checkpoint
+from convae.train import resolve_config, train
+
+# Settings under which 2 processes and 1 process compute the same thing: the same
+# global batch (convae splits it over the processes), and no per-process randomness
+# or statistics: no dropout, no input noise, and batch norm either absent or
+# synchronised (--sync-bn) so that its statistics cover the global batch.
+ARCH = "conv(8,3,stride=2) relu conv(8,3,stride=2) relu dense(6)"
+
+
+def _torchrun(args, tmp_path, nproc=2, script=None):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    target = [str(script)] if script else ["-m", "convae"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *target, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return f"npy:{write_npz(tmp_path_factory.mktemp('dist') / 'd.npz', n=96)}"
+
+
+def test_two_processes_match_one(data, tmp_path, arch=ARCH, extra=()):
+    common = [
+        "--data",
+        data,
+        "--arch",
+        arch,
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--lr",
+        "3e-3",
+        "--quiet",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--histograms",
+        "false",
+        "--embedding-samples",
+        "0",
+    ]
+    result = _torchrun(["train", *common, "--out", str(tmp_path / "ddp"), *extra], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    settings = dict(
+        data=data,
+        arch=arch,
+        epochs=2,
+        batch_size=16,
+        lr=3e-3,
+        quiet=True,
+        device="cpu",
+        histograms=False,
+        embedding_samples=0,
+        out=str(tmp_path / "single"),
+    )
+    train(resolve_config(settings))
+    ddp = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    single = json.loads((tmp_path / "single" / "metrics.json").read_text())
+    for a, b in zip(ddp, single):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
+    w_ddp = checkpoint.load(tmp_path / "ddp" / "last.pt")["model"]
+    w_one = checkpoint.load(tmp_path / "single" / "last.pt")["model"]
+    assert w_ddp.keys() == w_one.keys()  # the unwrapped model: no "module." prefixes
+    for key in w_one:
+        assert torch.allclose(w_ddp[key].float(), w_one[key].float(), atol=1e-4), key
+    # Only rank 0 wrote: one set of event files, one progress of checkpoints.
+    assert len(list((tmp_path / "ddp").glob("events.out.tfevents.*"))) == 2  # scalars + hparams
+
+
+def test_batch_norm_per_process_and_sync_bn_on_cpu(data, tmp_path):
+    common = [
+        "train",
+        "--data",
+        data,
+        "--arch",
+        "conv(8,3,stride=2) bn relu dense(6)",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--quiet",
+        "--device",
+        "cpu",
+        "--embedding-samples",
+        "0",
+    ]
+    result = _torchrun([*common, "--out", str(tmp_path / "bn")], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = _torchrun([*common, "--out", str(tmp_path / "sync"), "--sync-bn", "true"], tmp_path)
+    assert result.returncode != 0
+    assert "--sync-bn needs CUDA devices" in result.stderr
+    assert not (tmp_path / "sync").exists()
+
+
+def test_resume_with_another_process_count(data, tmp_path):
+    common = [
+        "--data",
+        data,
+        "--arch",
+        ARCH,
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--quiet",
+        "--device",
+        "cpu",
+        "--histograms",
+        "false",
+        "--embedding-samples",
+        "0",
+    ]
+    single = [sys.executable, "-m", "convae", "train", *common, "--out", str(tmp_path / "run"), "--epochs", "1"]
+    assert subprocess.run(single, capture_output=True, timeout=300).returncode == 0
+    state = checkpoint.load(tmp_path / "run" / "last.pt")
+    state["train_config"]["epochs"] = 2
+    checkpoint.save(tmp_path / "run" / "last.pt", {k: v for k, v in state.items() if k not in ("format", "version")})
+    result = _torchrun(["train", "--resume", str(tmp_path / "run")], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert checkpoint.load(tmp_path / "run" / "last.pt")["epoch"] == 2
+
+
+def test_a_failing_rank_ends_the_job_with_its_message(data, tmp_path):
+    script = Path(__file__).parent / "scripts" / "fail_on_rank.py"
+    args = [
+        "1",
+        "3",
+        "--",
+        "train",
+        "--data",
+        data,
+        "--arch",
+        ARCH,
+        "--epochs",
+        "3",
+        "--batch-size",
+        "16",
+        "--quiet",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "run"),
+    ]
+    started = time.monotonic()
+    result = _torchrun(args, tmp_path, script=script)
+    assert result.returncode != 0
+    assert "convae: error (rank 1): planted failure at step 3" in result.stderr
+    assert time.monotonic() - started < 120  # ended, not hung
+    assert not (tmp_path / "run").exists()  # failed before the first checkpoint: nothing left

@@ -136,12 +136,13 @@ def main() -> None:
     parser.add_argument("--archs", default=",".join(ARCHS), help="comma-separated: " + ", ".join(ARCHS))
     parser.add_argument("--batches", default="128,1024")
     parser.add_argument("--samples", type=int, help="training images (default 6144 quick, 60000 full)")
-    parser.add_argument("--epochs", type=int, help="epochs per measurement; the first is warm-up (default 3)")
+    parser.add_argument("--epochs", type=int, help="epochs per measurement; the first is warm-up (default 2)")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating measurements per side; medians (default 3)")
     args = parser.parse_args()
 
     device = pick_device(args.device)
-    samples = args.samples or (6144 if args.quick else 60000)
-    epochs = args.epochs or 3
+    samples = args.samples or (4096 if args.quick else 60000)
+    epochs = args.epochs or 2
     x, source = fashion_or_random(samples)
     print(
         f"device: {device_name(device)}; torch {torch.__version__}; data: {source}, {len(x)} images; "
@@ -156,8 +157,13 @@ def main() -> None:
             for batch in (int(b) for b in args.batches.split(",")):
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
-                base = baseline(arch, x, batch, epochs, device)
-                ours = convae_trainer(arch, data_file, batch, epochs, device, os.path.join(tmp, f"{name}-{batch}"))
+                # Alternate the two sides and take medians: shared machines drift.
+                bases, ourses = [], []
+                for r in range(args.repeats):
+                    bases.append(baseline(arch, x, batch, epochs, device))
+                    out = os.path.join(tmp, f"{name}-{batch}-{r}")
+                    ourses.append(convae_trainer(arch, data_file, batch, epochs, device, out))
+                base, ours = statistics.median(bases), statistics.median(ourses)
                 flops = flops_per_image(arch, min(batch, 128))
                 rows.append(
                     {

@@ -71,3 +71,19 @@ def test_train_user_errors_are_one_line_and_leave_nothing(tmp_path, capsys):
     bad.write_text("epochs = \n")
     assert main(["train", "--config", str(bad)]) == 2
     assert "bad.toml: cannot parse" in capsys.readouterr().err
+
+
+def test_config_file_may_list_layers(tmp_path):
+    import json
+
+    from helpers import write_npz
+
+    data = write_npz(tmp_path / "d.npz")
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(
+        f'data = "npy:{data}"\nepochs = 1\nhistograms = false\n'
+        'arch = ["conv(4,3,stride=2)", "relu", {type = "dense", features = 4}]\n'
+    )
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--out", str(out), "--quiet"]) == 0
+    assert json.loads((out / "config.json").read_text())["arch"][2] == {"type": "dense", "features": 4}

@@ -175,3 +175,15 @@ def test_export_cli_all_parts(run_dir, tmp_path, capsys):
     assert main(["export", str(run_dir), "--format", "torchscript", "--out", str(tmp_path / "m.pt")]) == 0
     scripted = torch.jit.load(str(tmp_path / "m.pt"))
     assert torch.allclose(scripted(x), run.model(x), atol=1e-5)
+
+
+def test_denoising_run_reports_denoised_mse(tmp_path):
+    data = f"npy:{write_npz(tmp_path / 'd.npz', n=64)}"
+    config = resolve_config(
+        dict(data=data, arch="conv(8,3) relu conv(8,3,stride=2) relu", epochs=2, batch_size=16, noise="gaussian:0.3")
+    )
+    config.out, config.quiet, config.histograms = str(tmp_path / "run"), True, False
+    train(config)
+    model = ev.evaluate(tmp_path / "run", probe=False, write=False)["model"]
+    # Clipping to [0, 1] removes part of the noise on dark pixels: between sigma^2/2 and sigma^2.
+    assert model["denoised_mse"] > 0 and 0.3**2 / 2 * 0.8 < model["noisy_input_mse"] < 0.3**2

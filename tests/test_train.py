@@ -121,6 +121,11 @@ def test_settings_resolution_and_errors():
         resolve_config({"loss": "bce", "normalize": "standardize"})
     with pytest.raises(ConvaeError, match="schedule must be one of"):
         resolve_config({"schedule": "exponential"})
+    with pytest.raises(ConvaeError, match="setting lr: expected float, got '3e-3'"):
+        resolve_config({"lr": "3e-3"})
+    with pytest.raises(ConvaeError, match="setting epochs: expected int"):
+        resolve_config({"epochs": 2.5})
+    assert resolve_config({"lr": 1}).lr == 1.0 and resolve_config({"patience": None}).patience is None
     with pytest.raises(ConvaeError, match="epochs must be a positive integer"):
         TrainConfig(epochs=0).validate()
 
@@ -135,3 +140,17 @@ def test_normalizations_and_losses_train(npz, tmp_path, normalize, loss):
     model, norm, _ = load_run(tmp_path / "run")
     assert norm.mode == normalize
     assert model.config.output == ("sigmoid" if normalize == "unit" else "identity")
+
+
+def test_speed_settings_are_recorded_for_resume(npz, tmp_path):
+    import torch as _torch
+
+    from convae.train import fits_on_device
+
+    train(_config(npz, tmp_path, epochs=1, amp=False, channels_last=False))
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["amp"] is False and saved["channels_last"] is False
+    train(_config(npz, tmp_path, "auto", epochs=1))
+    auto = json.loads((tmp_path / "auto" / "config.json").read_text())
+    assert auto["channels_last"] is True and isinstance(auto["amp"], bool)  # decided, then written down
+    assert fits_on_device(10**12, _torch.device("cpu"))

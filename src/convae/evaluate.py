@@ -24,7 +24,7 @@ from convae import data as datasets
 from convae.data import Dataset, split_validation
 from convae.errors import ConvaeError
 from convae.model import AutoEncoder
-from convae.preprocess import Normalizer
+from convae.preprocess import Noise, Normalizer
 from convae.train import TrainConfig, load_run
 
 
@@ -198,6 +198,14 @@ def evaluate(
 
     x_hat = run.reconstruct(x_eval)
     model_metrics = reconstruction_metrics(x_eval, x_hat, data_range, y_eval, dataset.classes)
+    noise = Noise.parse(run.config.noise)
+    if noise is not None:
+        # A denoising run: how far its output from a corrupted input is from the clean image,
+        # beside how far the corrupted input itself is.
+        lo, hi = float(x_fit.min()), float(x_fit.max())
+        noisy = noise.apply(torch.as_tensor(x_eval), lo, hi, torch.Generator().manual_seed(0)).numpy()
+        model_metrics["denoised_mse"] = float(((run.reconstruct(noisy) - x_eval) ** 2).mean())
+        model_metrics["noisy_input_mse"] = float(((noisy - x_eval) ** 2).mean())
 
     flat_fit = x_fit.reshape(len(x_fit), -1)
     n_components = min(code_size, *flat_fit.shape)
@@ -228,11 +236,13 @@ def format_table(result: dict[str, Any]) -> str:
     pca_key = next(k for k in result if k.startswith("pca_"))
     names = [("mse", "MSE", "{:.5f}"), ("psnr", "PSNR (dB)", "{:.2f}"), ("ssim", "SSIM", "{:.4f}")]
     names.append(("probe_accuracy", "linear probe", "{:.3f}"))
+    names += [("denoised_mse", "denoised MSE", "{:.5f}"), ("noisy_input_mse", "noisy input MSE", "{:.5f}")]
     header = f"{'':<14}{'convae':>12}{pca_key.replace('_', '-').upper():>12}"
     lines = [f"{result['data']} ({result['split']}, {result['samples']} samples, code {result['code_size']})", header]
     for key, label, fmt in names:
         if key in result["model"]:
-            ours, theirs = fmt.format(result["model"][key]), fmt.format(result[pca_key].get(key, float("nan")))
+            ours = fmt.format(result["model"][key])
+            theirs = fmt.format(result[pca_key][key]) if key in result[pca_key] else "-"
             lines.append(f"{label:<14}{ours:>12}{theirs:>12}")
     return "\n".join(lines)
 
@@ -392,8 +402,6 @@ def reconstruct(
     Everything is computed first and written at the end, so a bad input leaves no partial output folder.
     """
     from PIL import Image
-
-    from convae.preprocess import Noise
 
     run = _as_run(run)
     if inputs:

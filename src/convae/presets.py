@@ -43,8 +43,8 @@ def names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def is_preset(arch: str) -> bool:
-    return arch in _REGISTRY
+def is_preset(arch: object) -> bool:
+    return isinstance(arch, str) and arch in _REGISTRY
 
 
 register(
@@ -53,6 +53,53 @@ register(
         "conv(32,3,stride=2) bn relu conv(64,3,stride=2) bn relu conv(128,3,stride=2) bn relu dense(32)",
         "default: three strided conv stages with batch norm, 32-d code; minutes on a laptop CPU",
         {"epochs": 15, "batch_size": 128, "lr": 2e-3, "optimizer": "adamw", "schedule": "onecycle"},
+    )
+)
+register(
+    Preset(
+        "fmnist-16",
+        "conv(32,3,stride=2) bn relu conv(64,3,stride=2) bn relu conv(128,3,stride=2) bn relu dense(16)",
+        "the default's layers with a 16-d code",
+        {"epochs": 20, "batch_size": 128, "lr": 2e-3, "optimizer": "adamw", "schedule": "onecycle"},
+    )
+)
+register(
+    Preset(
+        "fmnist-64",
+        "conv(32,3,stride=2) bn relu conv(64,3,stride=2) bn relu conv(128,3,stride=2) bn relu dense(64)",
+        "the default's layers with a 64-d code",
+        {"epochs": 20, "batch_size": 128, "lr": 2e-3, "optimizer": "adamw", "schedule": "onecycle"},
+    )
+)
+register(
+    Preset(
+        "fmnist-32-wide",
+        "conv(64,3) bn gelu conv(64,3,stride=2) bn gelu conv(128,3,stride=2) bn gelu conv(256,3,stride=2) bn gelu "
+        "dense(32)",
+        "quality at code 32: wider, a full-resolution first stage, GELU; for GPUs (slow on a laptop CPU)",
+        {
+            "epochs": 30,
+            "batch_size": 256,
+            "lr": 3e-3,
+            "optimizer": "adamw",
+            "weight_decay": 1e-4,
+            "schedule": "onecycle",
+        },
+    )
+)
+register(
+    Preset(
+        "fmnist-denoise",
+        "conv(32,3) bn relu conv(64,3,stride=2) bn relu conv(64,3) bn relu",
+        "denoising without a bottleneck: gaussian noise (sigma 0.3) in, the clean image out",
+        {
+            "epochs": 10,
+            "batch_size": 128,
+            "lr": 2e-3,
+            "optimizer": "adamw",
+            "schedule": "onecycle",
+            "noise": "gaussian:0.3",
+        },
     )
 )
 register(

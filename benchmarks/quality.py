@@ -1,0 +1,85 @@
+"""Train and evaluate presets on Fashion-MNIST; print test MSE beside PCA at the same code size.
+
+    python benchmarks/quality.py                          # every Fashion-MNIST preset, its own recipe
+    python benchmarks/quality.py --presets fmnist-16 fmnist-64 --out runs/quality
+
+Each preset trains with its registered recipe (the same as `convae train --arch
+PRESET --data fashion-mnist`) and is evaluated on the official test split with
+`convae.evaluate.evaluate`. The table gives the wall-clock training time and
+the machine; runs stay in --out for TensorBoard.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from convae import presets
+from convae.evaluate import evaluate
+from convae.train import resolve_config, train
+
+DEFAULT = ["fmnist-32", "fmnist-16", "fmnist-64", "fmnist-denoise", "fmnist-32-wide"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--presets", nargs="+", default=DEFAULT, choices=presets.names())
+    parser.add_argument("--out", default="runs/quality")
+    parser.add_argument("--epochs", type=int, help="override every preset's epochs (quick looks)")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    machine = (
+        torch.cuda.get_device_name()
+        if torch.cuda.is_available() and args.device != "cpu"
+        else (f"{platform.machine()} CPU, {torch.get_num_threads()} threads")
+    )
+    rows = []
+    for name in args.presets:
+        settings = {"data": "fashion-mnist", "arch": name, "device": args.device, "quiet": True}
+        settings["out"] = str(Path(args.out) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        if args.epochs:
+            settings["epochs"] = args.epochs
+        config = resolve_config(settings)
+        started = time.perf_counter()
+        train(config)
+        minutes = (time.perf_counter() - started) / 60
+        result = evaluate(config.out)
+        pca = next(v for k, v in result.items() if k.startswith("pca_"))
+        model = result["model"]
+        row = {
+            "preset": name,
+            "code": result["code_size"],
+            "epochs": config.epochs,
+            "minutes": round(minutes, 1),
+            "test_mse": round(model["mse"], 5),
+            "psnr": round(model["psnr"], 2),
+            "probe": round(model.get("probe_accuracy", float("nan")), 3),
+            "pca_mse": round(pca["mse"], 5),
+            "pca_probe": round(pca.get("probe_accuracy", float("nan")), 3),
+            "machine": machine,
+            "run": config.out,
+        }
+        if "denoised_mse" in model:
+            row.update(denoised_mse=round(model["denoised_mse"], 5), noisy_input_mse=round(model["noisy_input_mse"], 5))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    print(f"\n| preset | code | epochs | minutes | test MSE | PSNR | probe | PCA MSE | PCA probe |  ({machine})")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        extra = f" (denoised {r['denoised_mse']}, noisy input {r['noisy_input_mse']})" if "denoised_mse" in r else ""
+        print(
+            f"| {r['preset']} | {r['code']} | {r['epochs']} | {r['minutes']} | {r['test_mse']}{extra} | {r['psnr']} "
+            f"| {r['probe']} | {r['pca_mse']} | {r['pca_probe']} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

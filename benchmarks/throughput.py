@@ -21,6 +21,7 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -102,24 +103,33 @@ def baseline(arch: str, x: np.ndarray, batch: int, epochs: int, device: torch.de
     return statistics.median(rates)
 
 
-def convae_trainer(arch: str, data_file: str, batch: int, epochs: int, device: torch.device, out: str) -> float:
-    config = resolve_config(
-        dict(
-            data=f"npy:{data_file}",
-            arch=arch,
-            epochs=epochs,
-            batch_size=batch,
-            loss="bce",
-            val_fraction=0.0,
-            device=str(device),
-            out=out,
-            quiet=True,
-            histograms=False,
-            embedding_samples=0,
-        )
+def convae_trainer(
+    arch: str, data_file: str, batch: int, epochs: int, device: torch.device, out: str, nproc: int = 1
+) -> float:
+    settings = dict(
+        data=f"npy:{data_file}",
+        arch=arch,
+        epochs=epochs,
+        batch_size=batch,
+        loss="bce",
+        val_fraction=0.0,
+        device=str(device),
+        out=out,
+        quiet=True,
+        histograms=False,
+        embedding_samples=0,
     )
-    result = train(config)
-    return statistics.median(m["images_per_s"] for m in result["metrics"][1:])
+    if nproc > 1:
+        # Multi-process mode: the same settings through torchrun, as users run it.
+        flags = [f for k, v in settings.items() for f in (f"--{k.replace('_', '-')}", str(v).lower())]
+        flags.remove("--quiet")
+        flags.remove("true")
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+        subprocess.run([*cmd, "-m", "convae", "train", *flags, "--quiet"], check=True, capture_output=True)
+        metrics = json.loads(Path(out, "metrics.json").read_text())
+    else:
+        metrics = train(resolve_config(settings))["metrics"]
+    return statistics.median(m["images_per_s"] for m in metrics[1:])
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -137,6 +147,7 @@ def main() -> None:
     parser.add_argument("--batches", default="128,1024")
     parser.add_argument("--samples", type=int, help="training images (default 6144 quick, 60000 full)")
     parser.add_argument("--epochs", type=int, help="epochs per measurement; the first is warm-up (default 2)")
+    parser.add_argument("--nproc", type=int, default=1, help="convae side under torchrun with N processes")
     parser.add_argument("--repeats", type=int, default=3, help="alternating measurements per side; medians (default 3)")
     args = parser.parse_args()
 
@@ -162,14 +173,14 @@ def main() -> None:
                 for r in range(args.repeats):
                     bases.append(baseline(arch, x, batch, epochs, device))
                     out = os.path.join(tmp, f"{name}-{batch}-{r}")
-                    ourses.append(convae_trainer(arch, data_file, batch, epochs, device, out))
+                    ourses.append(convae_trainer(arch, data_file, batch, epochs, device, out, args.nproc))
                 base, ours = statistics.median(bases), statistics.median(ourses)
                 flops = flops_per_image(arch, min(batch, 128))
                 rows.append(
                     {
                         "arch": name,
                         "batch": batch,
-                        "device": device_name(device),
+                        "device": device_name(device) + (f" x {args.nproc} processes" if args.nproc > 1 else ""),
                         "baseline_img_s": round(base, 1),
                         "convae_img_s": round(ours, 1),
                         "ratio": round(ours / base, 3),

@@ -54,7 +54,9 @@ def test_evaluate_against_pca_writes_report(run_dir):
 
 
 def test_load_gives_encode_decode_on_raw_images(run_dir):
-    run = ev.load(run_dir)
+    import convae
+
+    run = convae.load(run_dir)
     x = np.random.default_rng(0).random((5, 1, 8, 8)).astype(np.float32)
     z = run.encode(x)
     assert z.shape == (5, 6)

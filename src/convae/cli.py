@@ -196,7 +196,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
             row = [i, f"{value:.6g}", int(value > result["threshold"])]
             writer.writerow(row + ([int(labels[i])] if labels is not None else []))
         atomic_write(args.out, lambda f: f.write(text.getvalue().encode()))
-    summary = {k: v for k, v in result.items()}
+    summary = dict(result)
     if args.json:
         import json
 
@@ -271,7 +271,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN", help="continue the run in this directory from its last checkpoint")
     p.add_argument("--quiet", action="store_true", default=None, help="no progress bar or epoch lines")
     for flag, kind, help_text, choices in TRAIN_FLAGS:
-        p.add_argument(flag, type=kind, choices=choices, default=None, help=help_text)
+        metavar = "true|false" if kind is _bool else None
+        p.add_argument(flag, type=kind, choices=choices, default=None, metavar=metavar, help=help_text)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser(

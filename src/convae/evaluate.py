@@ -168,6 +168,9 @@ def linear_probe(codes_fit: np.ndarray, y_fit: np.ndarray, codes_eval: np.ndarra
     return float(probe.score(codes_eval.reshape(len(codes_eval), -1), y_eval))
 
 
+PROBE_MAX_CODE = 2048
+
+
 def evaluate(
     run: str | Path | Run,
     data: str | None = None,
@@ -214,7 +217,9 @@ def evaluate(
     pca_hat = pca.inverse_transform(pca_codes_eval).reshape(x_eval.shape)
     pca_metrics = reconstruction_metrics(x_eval, pca_hat, data_range, y_eval, dataset.classes)
 
-    if probe and y_fit is not None and y_eval is not None:
+    # A linear probe on codes larger than the probe cap (fully convolutional models) says
+    # little about a bottleneck and takes minutes: it is skipped there.
+    if probe and y_fit is not None and y_eval is not None and code_size <= PROBE_MAX_CODE:
         codes_fit, codes_eval = run.encode(x_fit), run.encode(x_eval)
         model_metrics["probe_accuracy"] = linear_probe(codes_fit, y_fit, codes_eval, y_eval)
         pca_metrics["probe_accuracy"] = linear_probe(pca.transform(flat_fit), y_fit, pca_codes_eval, y_eval)

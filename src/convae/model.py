@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -37,12 +37,10 @@ class ModelConfig:
     output: str = "sigmoid"
     tied: bool = False
     upsample: str = "transpose"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["input_shape"] = list(self.input_shape)
-        data.pop("extra")
         return data
 
 
@@ -252,7 +250,7 @@ def build(
 def from_config(config: ModelConfig | dict) -> AutoEncoder:
     """Rebuild a model from its :class:`ModelConfig` (or the dict form)."""
     if isinstance(config, dict):
-        config = ModelConfig(**{k: v for k, v in config.items() if k != "extra"})
+        config = ModelConfig(**config)
     return build(config.arch, config.input_shape, output=config.output, tied=config.tied, upsample=config.upsample)
 
 

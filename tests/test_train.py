@@ -154,3 +154,21 @@ def test_speed_settings_are_recorded_for_resume(npz, tmp_path):
     auto = json.loads((tmp_path / "auto" / "config.json").read_text())
     assert auto["channels_last"] is True and isinstance(auto["amp"], bool)  # decided, then written down
     assert fits_on_device(10**12, _torch.device("cpu"))
+
+
+def test_progress_bar_on_a_terminal(npz, tmp_path, monkeypatch):
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    config = _config(npz, tmp_path, epochs=2)
+    config.quiet = False
+    train(config)
+    text = terminal.getvalue()
+    assert "loss=" in text and "img_s=" in text and "step" in text
+    assert "<" in text  # tqdm's elapsed<remaining (the ETA)

@@ -430,7 +430,7 @@ class Trainer:
         from tqdm import tqdm
 
         total = config.epochs * self.steps_per_epoch
-        bar = tqdm(total=total, initial=self.state.step, disable=not show_bar, unit="step", dynamic_ncols=True)
+        bar = tqdm(total=total, initial=self.state.step, disable=not show_bar, unit="step")
         try:
             while self.state.epoch < config.epochs:
                 if config.patience is not None and self.state.bad_epochs >= config.patience:

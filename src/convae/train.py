@@ -338,8 +338,8 @@ class Trainer:
         Channels-last is on for images: oneDNN and cuDNN convolve in that layout
         without reordering. bf16 autocast is on where the hardware computes in
         bf16 natively: CUDA GPUs that support it, and CPUs with AVX512-BF16 or
-        AMX (there it measured 1.2x to 1.7x faster on the benchmark's models;
-        see benchmarks/RESULTS.md). Weights, batch norm and the loss stay float32.
+        AMX (faster there on the benchmark's models: benchmarks/RESULTS.md).
+        Weights, batch norm and the loss stay float32.
         """
         config = self.config
         channels_last = images if config.channels_last is None else bool(config.channels_last) and images

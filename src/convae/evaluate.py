@@ -8,7 +8,6 @@ Metrics are in the data's original scale: the preprocessing is inverted first.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from convae.data import Dataset, split_validation
 from convae.errors import ConvaeError
 from convae.model import AutoEncoder
 from convae.preprocess import Noise, Normalizer
-from convae.train import TrainConfig, load_run
+from convae.train import TrainConfig, load_run, psnr
 
 
 @dataclass
@@ -138,7 +137,7 @@ def reconstruction_metrics(
 ) -> dict[str, Any]:
     err = ((x_hat.astype(np.float64) - x) ** 2).reshape(len(x), -1).mean(1)
     mse = float(err.mean())
-    out: dict[str, Any] = {"mse": mse, "psnr": 10 * math.log10(data_range**2 / mse) if mse > 0 else math.inf}
+    out: dict[str, Any] = {"mse": mse, "psnr": psnr(mse, data_range)}
     if x.ndim == 4:
         values = [ssim(torch.as_tensor(a), torch.as_tensor(b), data_range) for a, b in _chunks(x, x_hat)]
         out["ssim"] = float(torch.cat(values).mean())
@@ -329,10 +328,15 @@ def _plots(run: Run, x: np.ndarray, labels: np.ndarray | None, classes: list | N
 # ----------------------------------------------------------------------------- encode / reconstruct / score
 
 
-def dataset_split(run: Run, data: str | None, split: str) -> tuple[np.ndarray, np.ndarray | None, Dataset]:
-    """Samples and labels of a split: ``test`` (or all data when there is none), ``val`` or ``train``."""
+def dataset_split(
+    run: Run, data: str | None, split: str, dataset: Dataset | None = None
+) -> tuple[np.ndarray, np.ndarray | None, Dataset]:
+    """Samples and labels of a split: ``test`` (or all data when there is none), ``val`` or ``train``.
+
+    ``dataset``, when given, is ``data`` (or the run's data) already loaded.
+    """
     cfg = run.config
-    dataset = load_dataset(data or cfg.data, cfg)
+    dataset = dataset or load_dataset(data or cfg.data, cfg)
     if split == "test" and dataset.x_test is not None:
         return dataset.x_test, dataset.y_test, dataset
     if split in ("val", "train") and (data is None or data == cfg.data):
@@ -482,8 +486,8 @@ def score(
     if not 0 < fpr < 1:
         raise ConvaeError(f"fpr must be in (0, 1), not {fpr}")
     run = _as_run(run)
-    x_val, y_val, _ = dataset_split(run, None, "val")
-    x, y, _ = dataset_split(run, data, "test")
+    x_val, y_val, own = dataset_split(run, None, "val")
+    x, y, _ = dataset_split(run, data, "test", None if data not in (None, run.config.data) else own)
     if anomaly_class is not None:
         if y is None:
             raise ConvaeError("--anomaly-class needs a labelled dataset")

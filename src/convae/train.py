@@ -149,7 +149,7 @@ def _check_type(key: str, value: Any) -> Any:
 
 def arch_of(config: TrainConfig) -> str | list:
     """The architecture string of a config (a preset name resolved)."""
-    if isinstance(config.arch, str) and presets.is_preset(config.arch):
+    if presets.is_preset(config.arch):
         return presets.get(config.arch).arch
     if isinstance(config.arch, str) and "-" in config.arch and "(" not in config.arch and " " not in config.arch:
         presets.get(config.arch)  # looks like a preset name: say which presets exist
@@ -175,6 +175,11 @@ def fits_on_device(nbytes: int, device: torch.device, share: float = 0.5) -> boo
         return True
     free, _ = torch.cuda.mem_get_info(device)
     return nbytes <= share * free
+
+
+def psnr(mse: float, data_range: float) -> float:
+    """Peak signal-to-noise ratio in dB of a mean squared error, for data spanning ``data_range``."""
+    return 10 * math.log10(data_range**2 / mse) if mse > 0 else math.inf
 
 
 def _loss_fn(name: str) -> Callable[[Tensor, Tensor], Tensor]:
@@ -301,7 +306,6 @@ class Trainer:
         self.batch = min(config.batch_size, n)
         if self.batch % world:
             raise ConvaeError(f"batch size {self.batch} does not split evenly over {world} processes")
-        self.local_batch = self.batch // world
         # Drop a last batch smaller than 2 samples per process: batch norm cannot train on one.
         self.steps_per_epoch = n // self.batch + (1 if n % self.batch >= 2 * world else 0)
 
@@ -405,12 +409,7 @@ class Trainer:
                 total_loss += self.loss_fn(out, clean) * len(batch)
                 total_sq += ((self.p.normalizer.inverse(out) - batch) ** 2).sum(dtype=torch.float64)
         mse = float(total_sq) / raw.numel()
-        data_range = self.p.data_high - self.p.data_low
-        return {
-            "loss": float(total_loss) / len(raw),
-            "mse": mse,
-            "psnr": 10 * math.log10(data_range**2 / mse) if mse > 0 else math.inf,
-        }
+        return {"loss": float(total_loss) / len(raw), "mse": mse, "psnr": psnr(mse, self.p.data_high - self.p.data_low)}
 
     def _val_idx(self) -> Tensor:
         # Without a validation split (val_fraction 0) the training data stands in.
@@ -503,7 +502,7 @@ class Trainer:
             )
 
     def _first_summaries(self) -> None:
-        example = self._rows(self.val_idx[:2] if len(self.val_idx) >= 2 else self.train_idx[:2])
+        example = self._rows(self._val_idx()[:2])
         noisy, _ = self._prepare_batch(example, None)
         with _Eval(self.model):
             self.summaries.graph(self.model, noisy)
@@ -606,19 +605,20 @@ class Trainer:
         final = {f"val_{k}": v for k, v in self.evaluate(self.x[val_idx]).items()}
         dataset = self.p.dataset
         if dataset.x_test is not None:
-            test = self.evaluate(torch.as_tensor(dataset.x_test).to(self.device))
+            test = self.evaluate(torch.as_tensor(dataset.x_test))  # moved to the device batch by batch
             final.update({f"test_{k}": v for k, v in test.items()})
         self.summaries.hparams(dataclasses.asdict(self.config), final)
         sample = val_idx[: self.config.embedding_samples]
         if len(sample):
-            noisy, _ = self._prepare_batch(self._rows(sample), None)
+            raw = self._rows(sample)
+            noisy, _ = self._prepare_batch(raw, None)
             with _Eval(self.model):
                 codes = self.model.encode(noisy)
             labels = None
             if dataset.y_train is not None:
                 ys = dataset.y_train[sample.cpu().numpy()]
                 labels = [dataset.classes[y] if dataset.classes else str(y) for y in ys]
-            self.summaries.embedding(codes, labels, self._display(self._rows(sample)), self.state.step)
+            self.summaries.embedding(codes, labels, self._display(raw), self.state.step)
         self.summaries.close()
         return final
 

@@ -2,6 +2,8 @@
 
     python benchmarks/quality.py                          # every Fashion-MNIST preset, its own recipe
     python benchmarks/quality.py --presets fmnist-16 fmnist-64 --out runs/quality
+    python benchmarks/quality.py --presets --arch "conv(32,3,stride=2) bn gelu dense(32)" \
+        --set epochs=8 lr=2e-3 optimizer=adamw schedule=onecycle   # an ablation: any spec, any recipe
 
 Each preset trains with its registered recipe (the same as `convae train --arch
 PRESET --data fashion-mnist`) and is evaluated on the official test split with
@@ -26,12 +28,20 @@ from convae import presets
 from convae.evaluate import evaluate
 from convae.train import resolve_config, train
 
-DEFAULT = ["fmnist-32", "fmnist-16", "fmnist-64", "fmnist-denoise", "fmnist-32-wide"]
+DEFAULT = ["fmnist-32", "fmnist-32-wide", "fmnist-16", "fmnist-64", "fmnist-denoise"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--presets", nargs="+", default=DEFAULT, choices=presets.names())
+    parser.add_argument("--presets", nargs="*", default=DEFAULT, choices=presets.names())
+    parser.add_argument("--arch", nargs="+", default=[], help="architecture strings to train beside the presets")
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="training settings for every run (JSON values: epochs=8 lr=2e-3 optimizer=adamw)",
+    )
     parser.add_argument("--out", default="runs/quality")
     parser.add_argument("--epochs", type=int, help="override every preset's epochs (quick looks)")
     parser.add_argument("--device", default="auto")
@@ -41,21 +51,34 @@ def main() -> None:
         if torch.cuda.is_available() and args.device != "cpu"
         else (f"{platform.machine()} CPU, {torch.get_num_threads()} threads")
     )
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set takes KEY=VALUE, not {item!r}")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value  # a bare string: adamw, onecycle
+    runs = [(name, name) for name in args.presets] + [(f"arch-{i + 1}", a) for i, a in enumerate(args.arch)]
     rows = []
-    for name in args.presets:
-        settings = {"data": "fashion-mnist", "arch": name, "device": args.device, "quiet": True}
+    for name, arch in runs:
+        settings = {"data": "fashion-mnist", "arch": arch, "device": args.device, "quiet": True, **overrides}
         settings["out"] = str(Path(args.out) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
         if args.epochs:
             settings["epochs"] = args.epochs
-        config = resolve_config(settings)
         started = time.perf_counter()
-        train(config)
+        try:
+            config = resolve_config(settings)
+            train(config)
+        except ValueError as err:  # a bad spec or setting: one line, as the CLI does
+            parser.error(f"{name}: {err}")
         minutes = (time.perf_counter() - started) / 60
         result = evaluate(config.out)
         pca = next(v for k, v in result.items() if k.startswith("pca_"))
         model = result["model"]
         row = {
-            "preset": name,
+            "preset": name if name == arch else f"{name}: {arch}",
             "code": result["code_size"],
             "epochs": config.epochs,
             "minutes": round(minutes, 1),

@@ -153,7 +153,9 @@ def _onnx_matches(path, fn, x):
     assert np.abs(got - want).max() < 1e-4
 
 
-@pytest.mark.parametrize("arch", ["conv(4,3,stride=2) relu maxpool(2) conv(6,4,stride=2)", "conv(4,3) avgpool(3)"])
+@pytest.mark.parametrize(
+    "arch", ["conv(4,3,stride=2) relu maxpool(2) conv(6,4,stride=2)", "conv(4,3) avgpool(3) res(3) relu"]
+)
 def test_onnx_export_keeps_odd_sizes_exact(arch, tmp_path):
     import convae
     from convae.export import export

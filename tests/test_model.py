@@ -4,6 +4,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from torch import nn
 
 import convae
 from convae.errors import ConvaeError
@@ -51,6 +52,7 @@ _pool = st.builds(
     st.integers(0, 1),
     _post,
 )
+_res = st.builds(lambda k, post: [f"res({k})", *post], st.sampled_from([1, 3, 5]), _post)
 _dense = st.builds(lambda n, post: [f"dense({n})", *post], st.integers(1, 6), _post)
 
 
@@ -62,13 +64,15 @@ def specs(draw):
         sizes = draw(st.permutations([sizes[0], draw(st.integers(1, 16)), draw(st.integers(1, 16))]))
     shape = (draw(st.integers(1, 3)), *sizes)
     blocks = draw(st.lists(st.one_of(_conv, _pool), min_size=1, max_size=4))
+    blocks = draw(st.permutations(blocks + draw(st.lists(_res, max_size=1))))
     blocks += draw(st.lists(_dense, max_size=2))
     layers = [layer for block in blocks for layer in block]
     try:
         infer_shapes(to_blocks(parse(layers)), shape)
     except ConvaeError:
         assume(False)
-    return " ".join(layers), shape, draw(st.booleans()), draw(st.sampled_from(["transpose", "resize"]))
+    tied = draw(st.booleans()) and not any(layer.startswith("res") for layer in layers)  # res has no tied form
+    return " ".join(layers), shape, tied, draw(st.sampled_from(["transpose", "resize"]))
 
 
 @settings(suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
@@ -209,3 +213,30 @@ def test_gradients_flow_to_every_parameter():
     model = convae.build("conv(4,3,stride=2) bn relu maxpool(2) dense(6)", (1, 9, 9), tied=True)
     model(torch.rand(3, 1, 9, 9)).sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_res_block_keeps_shape_starts_as_identity_and_mirrors(dims):
+    model = convae.build("conv(4,3,stride=2) bn relu res(3) relu res(5,act=gelu)", (2, *[7] * dims))
+    x = torch.rand(3, 2, *[7] * dims)
+    assert model(x).shape == x.shape
+    down = model.encoder[2].down
+    y = torch.randn(3, 4, *[4] * dims)
+    # The last batch norm starts at zero scale: a new block passes its input through.
+    assert torch.equal(down(y)[0], y)
+    # The mirror is a residual block of its own, not the encoder's.
+    up = model.decoder[0].up
+    assert up.block.spec == down.spec and up.block is not down
+    assert all(a is not b for a, b in zip(up.parameters(), down.parameters()))
+    # Once trained away from zero, it is no longer the identity, and gradients reach both convolutions.
+    nn.init.ones_(down.body[-1].weight)
+    down(y)[0].sum().backward()
+    assert not torch.equal(down(y)[0], y)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in down.body[0].parameters())
+
+
+def test_res_block_errors():
+    with pytest.raises(ConvaeError, match="tied weights are not defined for res"):
+        convae.build("conv(4,3) res(3)", (1, 8, 8), tied=True)
+    with pytest.raises(ConvaeError, match="needs spatial input"):
+        convae.build("dense(4) res(3)", (1, 8, 8))

@@ -56,6 +56,8 @@ def test_list_form_matches_string():
         ("conv(8,3,2,1)", "takes at most 2 positional"),
         ("conv(8,3) (", "layer 2 '(': cannot parse"),
         ("avgpool(3,stride=2)", "avgpool needs stride >= kernel"),
+        ("conv(4,3) res(2)", "layer 2 'res(2)': res needs an odd kernel, not 2"),
+        ("conv(4,3) res(3,act=swish)", "act='swish' is not an activation"),
         ("", "architecture is empty"),
     ],
 )
@@ -90,7 +92,15 @@ def test_same_padding_gives_ceil(n, k, s):
 @given(
     st.lists(
         st.sampled_from(
-            ["conv(3,2,stride=2,padding=valid)", "maxpool(3,stride=2)", "leakyrelu(0.5)", "dense(7,bias=false)", "bn"]
+            [
+                "conv(3,2,stride=2,padding=valid)",
+                "maxpool(3,stride=2)",
+                "leakyrelu(0.5)",
+                "dense(7,bias=false)",
+                "bn",
+                "res(5,act=GELU)",
+                "res",
+            ]
         ),
         min_size=1,
         max_size=6,

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from convae.spec import Act, Conv, Dense, Dropout, LayerSpec, Norm, Pool
+from convae.errors import ConvaeError
+from convae.spec import Act, Conv, Dense, Dropout, LayerSpec, Norm, Pool, Res
 
 
 class Factory:
@@ -278,6 +279,45 @@ class DenseUp(nn.Module):
         return x.view(x.shape[0], *size)
 
 
+class ResDown(nn.Module):
+    """``x + bn(conv(act(bn(conv(x)))))`` at constant shape.
+
+    The last batch norm starts at zero scale, so a new block is the identity
+    and a deep stack trains like a shallow one at first (Goyal et al. 2017).
+    """
+
+    def __init__(self, spec: Res, channels: int, dims: int):
+        super().__init__()
+        self.spec, self.channels, self.dims = spec, channels, dims
+        conv, bn = LAYERS["conv", dims], LAYERS["bn", dims]
+        k = spec.kernel
+        self.body = nn.Sequential(
+            conv(channels, channels, k, padding=k // 2, bias=False),
+            bn(channels),
+            ACTIVATIONS[spec.act](Act(spec.act)),
+            conv(channels, channels, k, padding=k // 2, bias=False),
+            bn(channels),
+        )
+        nn.init.zeros_(self.body[-1].weight)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        return x + self.body(x), None
+
+
+class ResUp(nn.Module):
+    """The mirror of a residual block: another residual block with weights of its own."""
+
+    def __init__(self, down: ResDown, tied: bool):
+        super().__init__()
+        if tied:
+            # A residual block is not a linear map, so it has no transpose to share.
+            raise ConvaeError(f"{down.spec.where}: tied weights are not defined for res blocks")
+        self.block = ResDown(down.spec, down.channels, down.dims)
+
+    def forward(self, y: Tensor, size: Sequence[int], switches: Tensor | None = None) -> Tensor:
+        return self.block(y)[0]
+
+
 def down_layer(spec: LayerSpec, in_shape: Sequence[int]) -> nn.Module:
     """The encoder's module for a weight layer, given its per-sample input shape."""
     dims = len(in_shape) - 1
@@ -290,6 +330,8 @@ def down_layer(spec: LayerSpec, in_shape: Sequence[int]) -> nn.Module:
         for s in in_shape:
             in_features *= s
         return DenseDown(spec, in_features)
+    if isinstance(spec, Res):
+        return ResDown(spec, in_shape[0], dims)
     raise TypeError(f"not a weight layer: {spec!r}")
 
 
@@ -304,4 +346,6 @@ def up_layer(down: nn.Module, tied: bool, upsample: str) -> nn.Module:
         return PoolUp(down)
     if isinstance(down, DenseDown):
         return DenseUp(down, tied)
+    if isinstance(down, ResDown):
+        return ResUp(down, tied)
     raise TypeError(f"no mirror for {type(down).__name__}")

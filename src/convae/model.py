@@ -1,9 +1,9 @@
 """The autoencoder: an encoder built from a spec and the decoder that mirrors it.
 
-Each encoder block is a weight layer (conv, pool, dense) with the norm,
+Each encoder block is a weight layer (conv, pool, dense, res) with the norm,
 activation and dropout after it. The decoder runs the blocks in reverse: the
 mirror of the weight layer (transposed conv, unpooling, dense back to the
-flattened size), then the norm and activation that the encoder applied at the
+flattened size, a residual block of its own), then the norm and activation that the encoder applied at the
 shape it restores; the last decoder block ends with the output activation.
 
 During ``forward`` the encoder records the size each block saw and the
@@ -23,7 +23,20 @@ from torch import Tensor, nn
 
 from convae.errors import ConvaeError
 from convae.layers import ACTIVATIONS, UPSAMPLE, down_layer, post_layer, up_layer
-from convae.spec import Act, Block, Conv, Dense, Shape, WeightLayer, canonical, describe, infer_shapes, parse, to_blocks
+from convae.spec import (
+    Act,
+    Block,
+    Conv,
+    Dense,
+    Res,
+    Shape,
+    WeightLayer,
+    canonical,
+    describe,
+    infer_shapes,
+    parse,
+    to_blocks,
+)
 
 OUTPUTS = ("sigmoid", "identity", "tanh")
 
@@ -72,6 +85,8 @@ def _up_label(layer: WeightLayer, out_shape: Shape, upsample: str) -> str:
     if isinstance(layer, Conv):
         verb = "resizeconv" if upsample == "resize" else "convT"
         return verb + describe(replace(layer, channels=out_shape[0]))[len("conv") :]
+    if isinstance(layer, Res):
+        return describe(layer)
     return describe(layer).replace("pool", "unpool", 1)
 
 

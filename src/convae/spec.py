@@ -26,6 +26,10 @@ avgpool        K, stride=K                           average pooling, ceil mode 
                                                      stride >= K so that it has a pseudo-inverse.
 dense          N, bias=true                          fully connected layer to N features;
                                                      flattens what comes before it.
+res            K=3, act=relu                         residual block at constant shape (ResNet's
+                                                     basic block): x + bn(conv(act(bn(conv(x)))))
+                                                     with C->C convolutions of odd kernel K. Its
+                                                     mirror is a residual block of its own.
 bn             (none)                                batch normalisation over channels (features
                                                      after a dense layer).
 relu, gelu,    (none)                                activations.
@@ -44,7 +48,7 @@ list, for config files: each item either a string in the grammar above
 
 Blocks
 ------
-A *weight layer* (conv, maxpool, avgpool, dense) starts a block; the bn,
+A *weight layer* (conv, maxpool, avgpool, dense, res) starts a block; the bn,
 activation and dropout layers that follow it belong to that block. A spec must
 start with a weight layer. The decoder mirrors the blocks in reverse order.
 """
@@ -128,6 +132,15 @@ class Dense(_Layer):
 
 
 @dataclass(frozen=True)
+class Res(_Layer):
+    kernel: int = 3
+    act: str = "relu"
+
+    def out_size(self, n: int) -> int:
+        return n
+
+
+@dataclass(frozen=True)
 class Norm(_Layer):
     pass
 
@@ -143,7 +156,7 @@ class Dropout(_Layer):
     p: float = 0.5
 
 
-WeightLayer = Conv | Pool | Dense
+WeightLayer = Conv | Pool | Dense | Res
 PostLayer = Norm | Act | Dropout
 LayerSpec = WeightLayer | PostLayer
 
@@ -156,6 +169,7 @@ _GRAMMAR: dict[str, tuple[type, tuple[str, ...], tuple[str, ...], dict[str, Any]
     "maxpool": (Pool, ("kernel",), ("stride",), {"mode": "max"}),
     "avgpool": (Pool, ("kernel",), ("stride",), {"mode": "avg"}),
     "dense": (Dense, ("features",), ("bias",), {}),
+    "res": (Res, ("kernel",), ("act",), {}),
     "bn": (Norm, (), (), {}),
     "dropout": (Dropout, ("p",), (), {}),
     "leakyrelu": (Act, ("slope",), (), {"name": "leakyrelu"}),
@@ -222,6 +236,10 @@ def _convert(key: str, value: Any, where: str) -> Any:
         if str(value).lower() in ("true", "false"):
             return str(value).lower() == "true"
         raise fail("true or false")
+    if key == "act":
+        if str(value).lower() not in ACTIVATIONS:
+            raise fail(f"an activation ({', '.join(ACTIVATIONS)})")
+        return str(value).lower()
     if key in ("p", "slope"):
         try:
             number = float(value)
@@ -261,6 +279,9 @@ def _make(name: str, args: list[str], kwargs: dict[str, Any], position: int, tok
     layer = cls(**fixed, **converted, position=position, token=token)
     if isinstance(layer, Pool) and layer.mode == "avg" and layer.stride < layer.kernel:
         raise ConvaeError(f"{where}: avgpool needs stride >= kernel (non-overlapping windows) to have a pseudo-inverse")
+    if isinstance(layer, Res) and layer.kernel % 2 == 0:
+        # An even kernel cannot keep the shape with symmetric padding.
+        raise ConvaeError(f"{where}: res needs an odd kernel, not {layer.kernel}")
     return layer
 
 
@@ -326,10 +347,10 @@ def to_blocks(layers: Sequence[LayerSpec]) -> list[Block]:
     """Group layers into blocks: each weight layer with the layers after it."""
     blocks: list[Block] = []
     for layer in layers:
-        if isinstance(layer, (Conv, Pool, Dense)):
+        if isinstance(layer, (Conv, Pool, Dense, Res)):
             blocks.append(Block(layer))
         elif not blocks:
-            raise ConvaeError(f"{layer.where}: a spec must start with conv, maxpool, avgpool or dense")
+            raise ConvaeError(f"{layer.where}: a spec must start with conv, maxpool, avgpool, dense or res")
         else:
             blocks[-1] = Block(blocks[-1].layer, (*blocks[-1].post, layer))
     return blocks
@@ -386,6 +407,8 @@ def describe(layer: LayerSpec) -> str:
         return f"{layer.mode}pool({layer.kernel}{stride})"
     if isinstance(layer, Dense):
         return f"dense({layer.features}{'' if layer.bias else ',bias=false'})"
+    if isinstance(layer, Res):
+        return f"res({layer.kernel}{'' if layer.act == 'relu' else ',act=' + layer.act})"
     if isinstance(layer, Norm):
         return "bn"
     if isinstance(layer, Dropout):
@@ -409,6 +432,7 @@ __all__ = [
     "LayerSpec",
     "Norm",
     "Pool",
+    "Res",
     "Shape",
     "canonical",
     "describe",

@@ -46,11 +46,6 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="override every preset's epochs (quick looks)")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
-    machine = (
-        torch.cuda.get_device_name()
-        if torch.cuda.is_available() and args.device != "cpu"
-        else (f"{platform.machine()} CPU, {torch.get_num_threads()} threads")
-    )
     overrides = {}
     for item in args.set:
         key, sep, value = item.partition("=")
@@ -60,6 +55,11 @@ def main() -> None:
             overrides[key] = json.loads(value)
         except json.JSONDecodeError:
             overrides[key] = value  # a bare string: adamw, onecycle
+    machine = (
+        torch.cuda.get_device_name()
+        if torch.cuda.is_available() and args.device != "cpu"
+        else (f"{platform.machine()} CPU, {overrides.get('threads') or torch.get_num_threads()} threads")
+    )
     runs = [(name, name) for name in args.presets] + [(f"arch-{i + 1}", a) for i, a in enumerate(args.arch)]
     rows = []
     for name, arch in runs:

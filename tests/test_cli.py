@@ -5,6 +5,15 @@ import convae
 from convae.cli import main
 
 
+def test_summary_takes_a_preset_name(capsys):
+    from convae import presets
+
+    assert main(["summary", "fmnist-32", "--input-shape", "1,28,28"]) == 0
+    assert capsys.readouterr().out.strip() == convae.build(presets.get("fmnist-32").arch, (1, 28, 28)).summary()
+    assert main(["summary", "fmnist-99", "--input-shape", "1,28,28"]) == 2
+    assert "unknown preset 'fmnist-99'" in capsys.readouterr().err
+
+
 def test_summary_prints_same_table_as_library(capsys):
     arch = "conv(8,3,stride=2) bn relu dense(4)"
     assert main(["summary", arch, "--input-shape", "1,9,9"]) == 0

@@ -33,9 +33,12 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:
+    from convae import presets
     from convae.model import build
 
-    model = build(args.arch, args.input_shape, output=args.output, tied=args.tied, upsample=args.upsample)
+    model = build(
+        presets.resolve(args.arch), args.input_shape, output=args.output, tied=args.tied, upsample=args.upsample
+    )
     print(model.summary())
     return 0
 
@@ -256,7 +259,7 @@ def make_parser() -> argparse.ArgumentParser:
         help="print the encoder and decoder of an architecture",
         description="Print encoder and decoder blocks, output shapes and parameter counts.",
     )
-    p.add_argument("arch", help='architecture string, e.g. "conv(32,3,stride=2) bn relu dense(32)"')
+    p.add_argument("arch", help='architecture string, e.g. "conv(32,3,stride=2) bn relu dense(32)", or a preset name')
     p.add_argument("--input-shape", type=_shape, required=True, help="per-sample shape C,H[,W[,D]], e.g. 1,28,28")
     _add_model_flags(p)
     p.set_defaults(func=_cmd_summary)

@@ -47,6 +47,19 @@ def is_preset(arch: object) -> bool:
     return isinstance(arch, str) and arch in _REGISTRY
 
 
+def resolve(arch: str | list) -> str | list:
+    """The architecture of a preset name; any other architecture unchanged.
+
+    A bare word with a hyphen (``fmnist-99``) can only be meant as a preset,
+    so an unknown one is an error that lists the presets.
+    """
+    if is_preset(arch):
+        return _REGISTRY[arch].arch
+    if isinstance(arch, str) and "-" in arch and "(" not in arch and " " not in arch.strip():
+        get(arch.strip())
+    return arch
+
+
 # The Fashion-MNIST presets share one design, chosen by the ablations in
 # benchmarks/RESULTS.md: strided convolutions with batch norm and GELU, then a
 # 512-wide hidden dense layer before the code (a nonlinear bottleneck; the

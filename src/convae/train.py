@@ -149,11 +149,7 @@ def _check_type(key: str, value: Any) -> Any:
 
 def arch_of(config: TrainConfig) -> str | list:
     """The architecture string of a config (a preset name resolved)."""
-    if presets.is_preset(config.arch):
-        return presets.get(config.arch).arch
-    if isinstance(config.arch, str) and "-" in config.arch and "(" not in config.arch and " " not in config.arch:
-        presets.get(config.arch)  # looks like a preset name: say which presets exist
-    return config.arch
+    return presets.resolve(config.arch)
 
 
 def pick_device(name: str) -> torch.device:

@@ -40,7 +40,12 @@ SIDES = ("keras", "keras-mirror", "torch-plain", "convae")
 
 
 def _data(samples: int) -> np.ndarray:
-    """(N, 28, 28, 1) float32 in [0, 1]: Fashion-MNIST's first images or random ones."""
+    """(N, 28, 28, 1) float32 in [0, 1]: Fashion-MNIST's first images or random ones.
+
+    Read by hand, not with convae.data: the Keras side runs in an interpreter
+    that has no torch, and importing convae imports torch. Only Debian's
+    location is looked at; elsewhere the benchmark uses random data.
+    """
     idx = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
     if idx.exists():
         import gzip
@@ -86,28 +91,24 @@ def child_keras(x: np.ndarray, batch: int, epochs: int, mirror: bool) -> dict:
 
     timer = Timer()
     model.fit(x, x, epochs=epochs, batch_size=batch, shuffle=True, verbose=0, callbacks=[timer])
-    steps = len(x) // batch + (1 if len(x) % batch else 0)
-    return {"img_s": statistics.median(len(x) / s for s in timer.seconds[1:]), "steps": steps}
+    return {"img_s": statistics.median(len(x) / s for s in timer.seconds[1:])}
 
 
-def _published_torch_model():
+def _torch_model(mirror: bool):
+    """The layers of ``child_keras``'s model in PyTorch (for the plain loop and for counting FLOPs)."""
     from torch import nn
 
-    # padding/output_padding reproduce Keras's "same" for stride-2 transposed convs (7 -> 14 -> 28).
-    return nn.Sequential(
-        nn.Conv2d(1, 32, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(32, 32, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.ConvTranspose2d(32, 32, 3, stride=2, padding=1, output_padding=1),
-        nn.ReLU(),
-        nn.ConvTranspose2d(32, 32, 3, stride=2, padding=1, output_padding=1),
-        nn.ReLU(),
-        nn.Conv2d(32, 1, 3, padding=1),
-        nn.Sigmoid(),
-    )
+    encoder = [nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+    encoder += [nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+    if mirror:
+        decoder = [nn.Upsample(scale_factor=2), nn.ConvTranspose2d(32, 32, 3, padding=1), nn.ReLU()]
+        decoder += [nn.Upsample(scale_factor=2), nn.ConvTranspose2d(32, 1, 3, padding=1), nn.Sigmoid()]
+    else:
+        # padding/output_padding reproduce Keras's "same" for stride-2 transposed convs (7 -> 14 -> 28).
+        decoder = [nn.ConvTranspose2d(32, 32, 3, stride=2, padding=1, output_padding=1), nn.ReLU()]
+        decoder += [nn.ConvTranspose2d(32, 32, 3, stride=2, padding=1, output_padding=1), nn.ReLU()]
+        decoder += [nn.Conv2d(32, 1, 3, padding=1), nn.Sigmoid()]
+    return nn.Sequential(*encoder, *decoder)
 
 
 def _train_flops(model, batch: int = 128) -> float:
@@ -128,7 +129,7 @@ def child_torch_plain(x: np.ndarray, batch: int, epochs: int) -> dict:
     from torch.utils.data import DataLoader, TensorDataset
 
     torch.manual_seed(0)
-    model = _published_torch_model()
+    model = _torch_model(mirror=False)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     data = torch.as_tensor(x).permute(0, 3, 1, 2).contiguous()
     loader = DataLoader(TensorDataset(data), batch_size=batch, shuffle=True)
@@ -177,24 +178,7 @@ def child_convae(x: np.ndarray, batch: int, epochs: int) -> dict:
 
 def _keras_flops() -> dict[str, float]:
     # The same layers in PyTorch, counted with FlopCounterMode (Keras has no counter of its own).
-    from torch import nn
-
-    published = _train_flops(_published_torch_model())
-    mirror = nn.Sequential(
-        nn.Conv2d(1, 32, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(32, 32, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Upsample(scale_factor=2),
-        nn.ConvTranspose2d(32, 32, 3, padding=1),
-        nn.ReLU(),
-        nn.Upsample(scale_factor=2),
-        nn.ConvTranspose2d(32, 1, 3, padding=1),
-        nn.Sigmoid(),
-    )
-    return {"keras": published / 1e6, "keras-mirror": _train_flops(mirror) / 1e6}
+    return {"keras": _train_flops(_torch_model(False)) / 1e6, "keras-mirror": _train_flops(_torch_model(True)) / 1e6}
 
 
 def _measure(python: str, side: str, args: argparse.Namespace) -> dict:

@@ -3,8 +3,9 @@
 Each encoder block is a weight layer (conv, pool, dense, res) with the norm,
 activation and dropout after it. The decoder runs the blocks in reverse: the
 mirror of the weight layer (transposed conv, unpooling, dense back to the
-flattened size, a residual block of its own), then the norm and activation that the encoder applied at the
-shape it restores; the last decoder block ends with the output activation.
+flattened size, a residual block of its own), then the norm and activation
+that the encoder applied at the shape it restores; the last decoder block ends
+with the output activation.
 
 During ``forward`` the encoder records the size each block saw and the
 switches of every max pooling; the decoder uses them to restore exactly the

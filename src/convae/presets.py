@@ -55,8 +55,8 @@ def resolve(arch: str | list) -> str | list:
     """
     if is_preset(arch):
         return _REGISTRY[arch].arch
-    if isinstance(arch, str) and "-" in arch and "(" not in arch and " " not in arch.strip():
-        get(arch.strip())
+    if isinstance(arch, str) and "-" in arch and "(" not in arch and " " not in arch:
+        get(arch)
     return arch
 
 

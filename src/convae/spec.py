@@ -347,7 +347,7 @@ def to_blocks(layers: Sequence[LayerSpec]) -> list[Block]:
     """Group layers into blocks: each weight layer with the layers after it."""
     blocks: list[Block] = []
     for layer in layers:
-        if isinstance(layer, (Conv, Pool, Dense, Res)):
+        if isinstance(layer, WeightLayer):
             blocks.append(Block(layer))
         elif not blocks:
             raise ConvaeError(f"{layer.where}: a spec must start with conv, maxpool, avgpool, dense or res")

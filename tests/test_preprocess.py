@@ -1,9 +1,11 @@
+import itertools
+
 import numpy as np
 import pytest
 import torch
 
 from convae.errors import ConvaeError
-from convae.preprocess import Noise, Normalizer
+from convae.preprocess import Augment, Noise, Normalizer
 
 
 def _data(seed=0, n=400, c=2, size=4):
@@ -78,3 +80,42 @@ def test_noise_kinds():
 def test_noise_errors(text):
     with pytest.raises(ConvaeError, match="noise"):
         Noise.parse(text)
+
+
+def test_flip_mirrors_about_half_the_samples():
+    x = torch.rand(400, 1, 3, 5)
+    out = Augment.parse("flip").apply(x, 0.0, torch.Generator().manual_seed(0))
+    same = (out == x).flatten(1).all(1)
+    mirrored = (out == x.flip(-1)).flatten(1).all(1)
+    assert bool((same | mirrored).all())
+    assert same.float().mean().item() == pytest.approx(0.5, abs=0.08)
+
+
+@pytest.mark.parametrize("shape", [(64, 2, 12), (64, 1, 9, 10), (16, 1, 6, 7, 8)])
+def test_shift_translates_each_sample_within_range(shape):
+    # Content away from the borders: a translation keeps every value, fills with `low`.
+    x = torch.full(shape, -1.0)
+    inner = (slice(None), slice(None), *(slice(2, n - 2) for n in shape[2:]))
+    x[inner] = torch.rand(x[inner].shape) + 1
+    out = Augment.parse("shift:2").apply(x, -1.0, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    moved = 0
+    for a, b in zip(x, out):
+        offsets = [range(-2, 3)] * (x.ndim - 2)
+        matches = [d for d in itertools.product(*offsets) if torch.equal(torch.roll(a, d, tuple(range(1, a.ndim))), b)]
+        assert len(matches) == 1
+        moved += any(matches[0])
+    assert moved > len(x) // 2
+
+
+def test_augment_parse():
+    assert Augment.parse(None) is None and Augment.parse("none") is None
+    both = Augment.parse("flip+shift:3")
+    assert both == Augment(flip=True, shift=3) and str(both) == "flip+shift:3"
+    assert Augment.parse(str(both)) == both
+
+
+@pytest.mark.parametrize("text", ["flop", "shift", "shift:0", "shift:-1", "shift:1.5", "flip:2", "flip+"])
+def test_augment_errors(text):
+    with pytest.raises(ConvaeError, match="augment"):
+        Augment.parse(text)

@@ -37,7 +37,9 @@ def test_run_directory_contents(npz, tmp_path):
 
 
 def test_resume_matches_uninterrupted_run(npz, tmp_path):
-    straight = train(_config(npz, tmp_path, "straight", noise="gaussian:0.1", **{"arch": ARCH + " dropout(0.1)"}))
+    # Every source of randomness: shuffling, input noise, augmentation, dropout.
+    extra = {"noise": "gaussian:0.1", "augment": "flip+shift:1", "arch": ARCH + " dropout(0.1)"}
+    straight = train(_config(npz, tmp_path, "straight", **extra))
 
     steps_per_epoch = straight["metrics"][0]["step"]
 
@@ -45,7 +47,7 @@ def test_resume_matches_uninterrupted_run(npz, tmp_path):
         if step == steps_per_epoch + 2:  # in the middle of epoch 2
             raise KeyboardInterrupt
 
-    config = _config(npz, tmp_path, "interrupted", noise="gaussian:0.1", **{"arch": ARCH + " dropout(0.1)"})
+    config = _config(npz, tmp_path, "interrupted", **extra)
     with pytest.raises(KeyboardInterrupt):
         train(config, on_step=interrupt)
     assert checkpoint.load(tmp_path / "interrupted" / "last.pt")["epoch"] == 1
@@ -172,3 +174,21 @@ def test_progress_bar_on_a_terminal(npz, tmp_path, monkeypatch):
     text = terminal.getvalue()
     assert "loss=" in text and "img_s=" in text and "step" in text
     assert "<" in text  # tqdm's elapsed<remaining (the ETA)
+
+
+def test_augmentation_touches_training_steps_only(npz, tmp_path, monkeypatch):
+    from convae.preprocess import Augment
+
+    calls = []
+    original = Augment.apply
+
+    def counting(self, x, *args, **kwargs):
+        calls.append(len(x))
+        return original(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(Augment, "apply", counting)
+    result = train(_config(npz, tmp_path, augment="flip"))
+    # Validation, image grids and the graph see the data as it is.
+    assert len(calls) == result["metrics"][-1]["step"]
+    with pytest.raises(ConvaeError, match="augment"):
+        train(_config(npz, tmp_path, "bad", augment="rotate"))

@@ -77,6 +77,7 @@ TRAIN_FLAGS: list[tuple[str, Any, str, tuple | None]] = [
     ("--normalize", str, "input preparation (default unit)", ("none", "unit", "standardize", "zca")),
     ("--zca-epsilon", float, "ZCA whitening epsilon (default 0.01)", None),
     ("--noise", str, "denoising: gaussian:0.3, masking:0.25 or saltpepper:0.1", None),
+    ("--augment", str, "training-time augmentation: flip, shift:N or flip+shift:N", None),
     ("--exclude-classes", _int_list, "labels left out of training, e.g. 0 or 1,7 (anomaly detection)", None),
     ("--arch", str, "preset name or architecture string (default fmnist-32; see `convae presets`)", None),
     ("--output", str, "output activation (default: sigmoid for unit, else identity)", ("sigmoid", "identity", "tanh")),

@@ -31,7 +31,7 @@ from convae import checkpoint, distributed, presets
 from convae.data import Dataset, drop_classes, load, split_validation
 from convae.errors import ConvaeError
 from convae.model import AutoEncoder, ModelConfig, build, from_config
-from convae.preprocess import Noise, Normalizer
+from convae.preprocess import Augment, Noise, Normalizer
 from convae.summaries import Summaries
 
 LOSSES = ("mse", "bce", "l1")
@@ -52,6 +52,7 @@ class TrainConfig:
     normalize: str = "unit"
     zca_epsilon: float = 1e-2
     noise: str | None = None
+    augment: str | None = None  # flip, shift:N or flip+shift:N (training batches only)
     exclude_classes: list[int] | None = None  # labels left out of training (anomaly detection)
     # model
     arch: str | list = presets.DEFAULT_PRESET  # a preset name, an architecture string or a list of layers
@@ -106,6 +107,7 @@ class TrainConfig:
         if not 0 <= self.val_fraction < 1:
             raise ConvaeError(f"val_fraction must be in [0, 1), not {self.val_fraction}")
         Noise.parse(self.noise)
+        Augment.parse(self.augment)
         Normalizer(self.normalize)
 
 
@@ -294,6 +296,7 @@ class Trainer:
         self.train_idx = torch.as_tensor(prepared.train_idx, device=self.data_device)
         self.val_idx = torch.as_tensor(prepared.val_idx, device=self.data_device)
         self.noise = Noise.parse(config.noise)
+        self.augment = Augment.parse(config.augment)
         self.loss_fn = _loss_fn(config.loss)
         n = len(self.train_idx)
         # batch_size is the global batch; each of the world's processes takes an
@@ -351,8 +354,13 @@ class Trainer:
             return channels_last, torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
         return channels_last, False
 
-    def _prepare_batch(self, raw: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    def _prepare_batch(
+        self, raw: Tensor, generator: torch.Generator | None, augment: bool = False
+    ) -> tuple[Tensor, Tensor]:
+        """(network input, target) of a raw batch; ``augment`` only for training steps."""
         norm = self.p.normalizer
+        if augment and self.augment is not None:
+            raw = self.augment.apply(raw, self.p.data_low, generator)
         clean = norm.transform(raw)
         noisy = clean
         if self.noise is not None:
@@ -445,7 +453,7 @@ class Trainer:
                 seen = 0
                 for i in range(self.steps_per_epoch):
                     batch = order[i * self.batch : (i + 1) * self.batch]
-                    noisy, clean = self._prepare_batch(self._rows(self._shard(batch)), generator)
+                    noisy, clean = self._prepare_batch(self._rows(self._shard(batch)), generator, augment=True)
                     with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                         out = self.net(noisy)
                     loss = self.loss_fn(out.float(), clean)

@@ -192,3 +192,13 @@ def test_augmentation_touches_training_steps_only(npz, tmp_path, monkeypatch):
     assert len(calls) == result["metrics"][-1]["step"]
     with pytest.raises(ConvaeError, match="augment"):
         train(_config(npz, tmp_path, "bad", augment="rotate"))
+
+
+def test_epoch_seeds_share_the_permutation_but_not_the_noise():
+    from convae.train import epoch_seeds
+
+    seeds = [epoch_seeds(3, 5, rank) for rank in range(4)]
+    assert len({shuffle for shuffle, _ in seeds}) == 1  # one permutation for every process
+    assert len({local for _, local in seeds}) == 4  # dropout/noise/augmentation drawn per process
+    assert seeds[0][0] == seeds[0][1]  # one process: a single seed, as before
+    assert epoch_seeds(3, 6)[0] != epoch_seeds(3, 5)[0] != epoch_seeds(4, 5)[0]

@@ -180,6 +180,18 @@ def psnr(mse: float, data_range: float) -> float:
     return 10 * math.log10(data_range**2 / mse) if mse > 0 else math.inf
 
 
+def epoch_seeds(seed: int, epoch: int, rank: int = 0) -> tuple[int, int]:
+    """(shuffle seed, per-process seed) of an epoch.
+
+    Every process must draw the same permutation (each takes its slice of the
+    global batch), but dropout, input noise and augmentation should differ
+    between processes, else each rank repeats the same masks on other samples.
+    Rank 0 keeps the single-process seed, so one process computes as before.
+    """
+    shuffle = seed * 100_003 + epoch
+    return shuffle, shuffle + 1_000_003 * rank
+
+
 def _loss_fn(name: str) -> Callable[[Tensor, Tensor], Tensor]:
     return {"mse": F.mse_loss, "l1": F.l1_loss, "bce": F.binary_cross_entropy}[name]
 
@@ -440,10 +452,10 @@ class Trainer:
                     self._log(f"early stopping: no validation improvement in {config.patience} epochs")
                     break
                 epoch = self.state.epoch
-                seed = config.seed * 100_003 + epoch
-                torch.manual_seed(seed)  # dropout and anything else drawing from the global RNG
+                seed, local = epoch_seeds(config.seed, epoch, self.dist.rank)
+                torch.manual_seed(local)  # dropout and anything else drawing from the global RNG
                 shuffle = torch.Generator(device=self.data_device).manual_seed(seed)
-                generator = torch.Generator(device=self.device).manual_seed(seed)  # input noise
+                generator = torch.Generator(device=self.device).manual_seed(local)  # noise, augmentation
                 perm = torch.randperm(len(self.train_idx), generator=shuffle, device=self.data_device)
                 order = self.train_idx[perm]
                 model.train()

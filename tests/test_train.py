@@ -6,7 +6,8 @@ from helpers import write_npz
 
 from convae import checkpoint
 from convae.errors import ConvaeError
-from convae.train import TrainConfig, load_run, resolve_config, train
+from convae.preprocess import Augment
+from convae.train import TrainConfig, epoch_seeds, load_run, resolve_config, train
 
 ARCH = "conv(8,3,stride=2) bn relu conv(16,3,stride=2) bn relu dense(8)"
 
@@ -177,8 +178,6 @@ def test_progress_bar_on_a_terminal(npz, tmp_path, monkeypatch):
 
 
 def test_augmentation_touches_training_steps_only(npz, tmp_path, monkeypatch):
-    from convae.preprocess import Augment
-
     calls = []
     original = Augment.apply
 
@@ -195,8 +194,6 @@ def test_augmentation_touches_training_steps_only(npz, tmp_path, monkeypatch):
 
 
 def test_epoch_seeds_share_the_permutation_but_not_the_noise():
-    from convae.train import epoch_seeds
-
     seeds = [epoch_seeds(3, 5, rank) for rank in range(4)]
     assert len({shuffle for shuffle, _ in seeds}) == 1  # one permutation for every process
     assert len({local for _, local in seeds}) == 4  # dropout/noise/augmentation drawn per process

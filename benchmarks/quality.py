@@ -23,6 +23,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import add_set_flag, parse_set
 
 from convae import presets
 from convae.evaluate import evaluate
@@ -35,26 +38,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", nargs="*", default=DEFAULT, choices=presets.names())
     parser.add_argument("--arch", nargs="+", default=[], help="architecture strings to train beside the presets")
-    parser.add_argument(
-        "--set",
-        nargs="+",
-        default=[],
-        metavar="KEY=VALUE",
-        help="training settings for every run (JSON values: epochs=8 lr=2e-3 optimizer=adamw)",
-    )
+    add_set_flag(parser, "training settings for every run (JSON values: epochs=8 lr=2e-3 optimizer=adamw)")
     parser.add_argument("--out", default="runs/quality")
     parser.add_argument("--epochs", type=int, help="override every preset's epochs (quick looks)")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--set takes KEY=VALUE, not {item!r}")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value  # a bare string: adamw, onecycle
+    overrides = parse_set(parser, args.set)
     machine = (
         torch.cuda.get_device_name()
         if torch.cuda.is_available() and args.device != "cpu"

@@ -34,6 +34,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import add_set_flag, parse_set
 
 import convae
 from convae.data import load
@@ -79,8 +82,8 @@ def flops_per_image(arch: str, batch: int) -> float:
     return counter.get_total_flops() / batch
 
 
-def baseline(arch: str, x: np.ndarray, batch: int, epochs: int, device: torch.device) -> float:
-    """Images per second of the plain loop, measured over the epochs after the first."""
+def baseline(arch: str, x: np.ndarray, batch: int, epochs: int, device: torch.device) -> tuple[float, float]:
+    """(images per second over the epochs after the first, mean loss of the last epoch) of the plain loop."""
     torch.manual_seed(0)
     model = convae.build(arch, (1, 28, 28)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -100,12 +103,20 @@ def baseline(arch: str, x: np.ndarray, batch: int, epochs: int, device: torch.de
         sync(device)
         if epoch > 0:
             rates.append(seen / (time.perf_counter() - start))
-    return statistics.median(rates)
+    return statistics.median(rates), total / max(len(loader), 1)
 
 
 def convae_trainer(
-    arch: str, data_file: str, batch: int, epochs: int, device: torch.device, out: str, nproc: int = 1
-) -> float:
+    arch: str,
+    data_file: str,
+    batch: int,
+    epochs: int,
+    device: torch.device,
+    out: str,
+    nproc: int = 1,
+    extra: dict | None = None,
+) -> tuple[float, float]:
+    """(images per second over the epochs after the first, mean training loss of the last epoch)."""
     settings = dict(
         data=f"npy:{data_file}",
         arch=arch,
@@ -119,6 +130,7 @@ def convae_trainer(
         histograms=False,
         embedding_samples=0,
     )
+    settings.update(extra or {})
     if nproc > 1:
         # Multi-process mode: the same settings through torchrun, as users run it.
         flags = [f for k, v in settings.items() for f in (f"--{k.replace('_', '-')}", str(v).lower())]
@@ -129,7 +141,7 @@ def convae_trainer(
         metrics = json.loads(Path(out, "metrics.json").read_text())
     else:
         metrics = train(resolve_config(settings))["metrics"]
-    return statistics.median(m["images_per_s"] for m in metrics[1:])
+    return statistics.median(m["images_per_s"] for m in metrics[1:]), metrics[-1]["train_loss"]
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -149,7 +161,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="epochs per measurement; the first is warm-up (default 2)")
     parser.add_argument("--nproc", type=int, default=1, help="convae side under torchrun with N processes")
     parser.add_argument("--repeats", type=int, default=3, help="alternating measurements per side; medians (default 3)")
+    add_set_flag(parser, "convae-side settings beyond its defaults, e.g. compile=reduce-overhead")
     args = parser.parse_args()
+    extra = parse_set(parser, args.set)
 
     device = pick_device(args.device)
     samples = args.samples or (4096 if args.quick else 60000)
@@ -157,7 +171,7 @@ def main() -> None:
     x, source = fashion_or_random(samples)
     print(
         f"device: {device_name(device)}; torch {torch.__version__}; data: {source}, {len(x)} images; "
-        f"{epochs} epochs per measurement, the first not timed"
+        f"{epochs} epochs per measurement, the first not timed" + (f"; convae settings: {extra}" if extra else "")
     )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -173,8 +187,8 @@ def main() -> None:
                 for r in range(args.repeats):
                     bases.append(baseline(arch, x, batch, epochs, device))
                     out = os.path.join(tmp, f"{name}-{batch}-{r}")
-                    ourses.append(convae_trainer(arch, data_file, batch, epochs, device, out, args.nproc))
-                base, ours = statistics.median(bases), statistics.median(ourses)
+                    ourses.append(convae_trainer(arch, data_file, batch, epochs, device, out, args.nproc, extra))
+                base, ours = statistics.median(r for r, _ in bases), statistics.median(r for r, _ in ourses)
                 flops = flops_per_image(arch, min(batch, 128))
                 rows.append(
                     {
@@ -187,6 +201,11 @@ def main() -> None:
                         "train_gflop_per_img": round(flops / 1e9, 4),
                         "tflops": round(flops * ours / 1e12, 4),
                         "peak_mem_mb": round(peak_memory_mb(device), 1),
+                        # Last-epoch training loss (BCE) of the last repeat: equal within noise if
+                        # convae's speed settings leave what is learned alone.
+                        "baseline_loss": round(bases[-1][1], 5),
+                        "convae_loss": round(ourses[-1][1], 5),
+                        "convae_settings": extra,
                     }
                 )
                 r = rows[-1]
@@ -194,7 +213,7 @@ def main() -> None:
                     f"{name:<11} batch {batch:<5} baseline {r['baseline_img_s']:>9.0f} img/s   "
                     f"convae {r['convae_img_s']:>9.0f} img/s   x{r['ratio']:.2f}   "
                     f"{r['train_gflop_per_img'] * 1e3:.1f} MFLOP/img  {r['tflops']:.3f} TFLOP/s  "
-                    f"peak {r['peak_mem_mb']:.0f} MB",
+                    f"peak {r['peak_mem_mb']:.0f} MB  loss {r['baseline_loss']:.4f} / {r['convae_loss']:.4f}",
                     flush=True,
                 )
     print(
@@ -211,6 +230,9 @@ def main() -> None:
                         "ratio",
                         "tflops",
                         "peak_mem_mb",
+                        "baseline_loss",
+                        "convae_loss",
+                        "convae_settings",
                     )
                 }
                 for r in rows

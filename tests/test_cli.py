@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+import pytest
+
 import convae
 from convae.cli import main
 
@@ -76,6 +78,10 @@ def test_train_user_errors_are_one_line_and_leave_nothing(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("convae: error: ") and err.count("\n") == 1, err
         assert not out.exists()
+    with pytest.raises(SystemExit) as exit_:  # argparse's own error: exit 2 as well, naming the modes
+        main(["train", "--compile", "fast", "--out", str(out)])
+    assert exit_.value.code == 2 and "true, false or one of default, reduce-overhead" in capsys.readouterr().err
+    assert not out.exists()
     bad = tmp_path / "bad.toml"
     bad.write_text("epochs = \n")
     assert main(["train", "--config", str(bad)]) == 2

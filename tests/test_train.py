@@ -131,6 +131,10 @@ def test_settings_resolution_and_errors():
     assert resolve_config({"lr": 1}).lr == 1.0 and resolve_config({"patience": None}).patience is None
     with pytest.raises(ConvaeError, match="epochs must be a positive integer"):
         TrainConfig(epochs=0).validate()
+    assert resolve_config({"compile": "reduce-overhead"}).compile == "reduce-overhead"
+    assert resolve_config({"compile": True}).compile is True
+    with pytest.raises(ConvaeError, match="compile must be true, false or one of default, reduce-overhead"):
+        resolve_config({"compile": "fast"})
 
 
 @pytest.mark.parametrize("normalize, loss", [("standardize", "l1"), ("zca", "mse"), ("unit", "bce")])
@@ -199,3 +203,18 @@ def test_epoch_seeds_share_the_permutation_but_not_the_noise():
     assert len({local for _, local in seeds}) == 4  # dropout/noise/augmentation drawn per process
     assert seeds[0][0] == seeds[0][1]  # one process: a single seed, as before
     assert epoch_seeds(3, 6)[0] != epoch_seeds(3, 5)[0] != epoch_seeds(4, 5)[0]
+
+
+def test_compiled_steps_see_one_batch_shape(npz, tmp_path):
+    import torch
+
+    from convae.train import Trainer, prepare
+
+    sizes = {}
+    for compile_ in (False, "reduce-overhead"):
+        config = _config(npz, tmp_path, compile=compile_, batch_size=20)
+        prepared = prepare(config)
+        n = len(prepared.train_idx)
+        assert n % 20 >= 2  # a smaller last batch exists
+        sizes[compile_] = Trainer(config, tmp_path, prepared, torch.device("cpu")).steps_per_epoch
+    assert sizes[False] == n // 20 + 1 and sizes["reduce-overhead"] == n // 20

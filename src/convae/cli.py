@@ -67,6 +67,17 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"'{text}' is not true or false")
 
 
+def _compile(text: str) -> bool | str:
+    from convae.train import COMPILE_MODES
+
+    if text in COMPILE_MODES:
+        return text
+    try:
+        return _bool(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not true, false or one of {', '.join(COMPILE_MODES)}") from None
+
+
 # flag, type or action, help, choices. Every flag is also a key of a --config file.
 TRAIN_FLAGS: list[tuple[str, Any, str, tuple | None]] = [
     ("--data", str, "fashion-mnist, mnist, digits, folder:PATH or npy:PATH (default fashion-mnist)", None),
@@ -96,7 +107,7 @@ TRAIN_FLAGS: list[tuple[str, Any, str, tuple | None]] = [
     ("--device", str, "auto, cpu, cuda or cuda:N (default auto)", None),
     ("--channels-last", _bool, "channels-last memory layout (default: on for images)", None),
     ("--amp", _bool, "bf16 autocast (default: on for CUDA GPUs with bf16)", None),
-    ("--compile", _bool, "torch.compile the model for training (default false)", None),
+    ("--compile", _compile, "torch.compile the model: true, false or a mode (reduce-overhead...; default false)", None),
     ("--sync-bn", _bool, "with torchrun: batch-norm statistics over all processes (default false)", None),
     ("--threads", int, "CPU threads for PyTorch", None),
     ("--out", str, "run directory (default runs/DATA-ARCH-TIME)", None),

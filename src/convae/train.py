@@ -37,6 +37,7 @@ from convae.summaries import Summaries
 LOSSES = ("mse", "bce", "l1")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine", "onecycle")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")  # torch.compile's modes
 
 
 @dataclass
@@ -74,7 +75,7 @@ class TrainConfig:
     device: str = "auto"
     channels_last: bool | None = None  # None: on for 2-D data
     amp: bool | None = None  # bf16 autocast; None: on for CUDA devices that support bf16
-    compile: bool = False  # torch.compile the training step's model
+    compile: bool | str = False  # torch.compile the training step's model: true or one of COMPILE_MODES
     sync_bn: bool = False  # with several processes: batch-norm statistics over the global batch
     threads: int | None = None
     out: str | None = None
@@ -106,6 +107,8 @@ class TrainConfig:
             raise ConvaeError("loss bce needs data in [0, 1]: use it with normalize unit")
         if not 0 <= self.val_fraction < 1:
             raise ConvaeError(f"val_fraction must be in [0, 1), not {self.val_fraction}")
+        if isinstance(self.compile, str) and self.compile not in COMPILE_MODES:
+            raise ConvaeError(f"compile must be true, false or one of {', '.join(COMPILE_MODES)}, not {self.compile!r}")
         Noise.parse(self.noise)
         Augment.parse(self.augment)
         Normalizer(self.normalize)
@@ -317,8 +320,10 @@ class Trainer:
         self.batch = min(config.batch_size, n)
         if self.batch % world:
             raise ConvaeError(f"batch size {self.batch} does not split evenly over {world} processes")
-        # Drop a last batch smaller than 2 samples per process: batch norm cannot train on one.
-        self.steps_per_epoch = n // self.batch + (1 if n % self.batch >= 2 * world else 0)
+        # Drop a last batch smaller than 2 samples per process (batch norm cannot train on one),
+        # and any smaller last batch when compiling: a second shape would compile and capture again.
+        partial = n % self.batch >= 2 * world and not config.compile
+        self.steps_per_epoch = n // self.batch + (1 if partial else 0)
 
         self.channels_last, self.amp = self._layout_and_precision(sample.ndim == 4)
         # Recorded in the config, so a resumed run computes exactly as before.
@@ -339,7 +344,9 @@ class Trainer:
 
             self.net = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
         if config.compile:
-            self.net = torch.compile(self.net)
+            # reduce-overhead replays the step as CUDA graphs: launch costs dominate small models on GPUs.
+            mode = "default" if config.compile is True else config.compile
+            self.net = torch.compile(self.net, mode=mode)
         self.optimizer, self.scheduler = _make_optimizer(
             config, self.model, config.epochs * self.steps_per_epoch, device
         )

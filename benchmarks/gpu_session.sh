@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Every GPU measurement of this repo in one prepared run: a lent H100/H200 is held for
+# minutes, so the steps run back to back under one deadline and write what they have.
+#
+#   OUT=results bash benchmarks/gpu_session.sh          # from the repository root
+#   TINY=1 OUT=/tmp/x bash benchmarks/gpu_session.sh    # the plumbing, on a CPU, in minutes
+#
+# 1. throughput.py with convae's defaults (issue 5's table: 3 archs, batch 128 and 1024);
+# 2. throughput.py with compile=reduce-overhead (CUDA graphs) at batch 128, unless
+#    step 1 already met the targets (2x at batch 128, 1.5x at 1024);
+# 3. quality runs (issue 7), several at once on the one GPU: the wide preset as
+#    registered, then longer, regularised and residual variants at codes 16, 32, 64;
+#    beside them, the test suite with CUDA as the default device.
+# Output: $OUT/summary.txt (also printed) and $OUT/results.tgz (logs, metrics, final.json).
+set -u
+OUT=${OUT:-runs/gpu-session}
+BUDGET=${BUDGET:-530} # seconds for the whole script
+START=$SECONDS
+WORK=runs/gpu-work
+rm -rf "$WORK" && mkdir -p "$OUT" "$WORK"
+export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
+if [ -d .data/fashion-mnist ]; then export CONVAE_DATA=$PWD/.data; fi
+left() { echo $((BUDGET - (SECONDS - START))); }
+cap() { # the smaller of a step's own cap and what the deadline leaves (minus packing time)
+    local rest=$(($(left) - 15))
+    echo $(($1 < rest ? $1 : rest))
+}
+
+if [ -n "${TINY:-}" ]; then
+    TP=(--samples 2048 --epochs 2 --repeats 1 --archs keras) QEPOCHS=(--epochs 1) QLANES=1
+else
+    TP=(--samples 30720 --epochs 2 --repeats 2) QEPOCHS=() QLANES=6
+fi
+
+{
+    date -u
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv 2>&1
+    python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, \
+'cuda', torch.cuda.is_available() and torch.cuda.get_device_name())"
+    nproc
+} >"$WORK/env.txt" 2>&1
+cat "$WORK/env.txt"
+
+STAGE="conv(64,3,stride=2) bn gelu {R}conv(128,3,stride=2) bn gelu {R}conv(256,3,stride=2) bn gelu {R}dense(512) bn gelu"
+WIDE=${STAGE//\{R\}/}
+RES=${STAGE//\{R\}/res(3,act=gelu) }
+for spec in "$WIDE dense(32)" "$RES dense(32)"; do # a typo here should cost seconds, not the session
+    python3 -m convae summary "$spec" --input-shape 1,28,28 >/dev/null || exit 1
+done
+
+echo "== 1. throughput, convae defaults ($(left) s left)"
+timeout "$(cap 150)" python3 benchmarks/throughput.py "${TP[@]}" 2>&1 | tee "$WORK/throughput.txt"
+met=$(python3 - "$WORK/throughput.txt" <<'EOF'
+import json, sys
+lines = [l for l in open(sys.argv[1]) if l.startswith("[{")]
+rows = json.loads(lines[-1]) if lines else []
+ok = len(rows) == 6 and all(r["ratio"] >= (2 if r["batch"] == 128 else 1.5) for r in rows)
+print("yes" if ok else "no")
+EOF
+)
+if [ "$met" = no ] || [ -n "${TINY:-}" ]; then
+    echo "== 2. throughput, compile=reduce-overhead ($(left) s left)"
+    timeout "$(cap 140)" python3 benchmarks/throughput.py "${TP[@]}" --batches 128 --repeats 1 \
+        --set compile=reduce-overhead 2>&1 | tee "$WORK/throughput-compiled.txt"
+fi
+
+echo "== 3. quality runs and tests, side by side ($(left) s left)"
+LONG=(epochs=30 batch_size=256 lr=2e-3 optimizer=adamw schedule=onecycle weight_decay=0.05 val_fraction=0.0)
+lane() { # name, then quality.py arguments
+    local name=$1
+    shift
+    python3 benchmarks/quality.py --out "$WORK/q" "$@" "${QEPOCHS[@]}" >"$WORK/q-$name.txt" 2>&1
+}
+QCAP=$(cap 600)
+lane wide32-preset --presets fmnist-32-wide --set histograms=false &
+if [ "$QLANES" -gt 1 ]; then
+    lane res32-flip --presets --arch "$RES dense(32)" --set "${LONG[@]}" augment=flip histograms=false &
+    lane wide32-flip --presets --arch "$WIDE dense(32)" --set "${LONG[@]}" augment=flip histograms=false &
+    lane res32 --presets --arch "$RES dense(32)" --set "${LONG[@]}" histograms=false &
+    lane res16-flip --presets --arch "$RES dense(16)" --set "${LONG[@]}" augment=flip histograms=false &
+    lane res64-flip --presets --arch "$RES dense(64)" --set "${LONG[@]}" augment=flip histograms=false &
+fi
+OMP_NUM_THREADS=4 timeout "$QCAP" python3 -m pytest -q -p no:cacheprovider >"$WORK/pytest.txt" 2>&1 &
+while [ "$(jobs -rp | wc -l)" -gt 0 ] && [ "$(left)" -gt 15 ]; do sleep 2; done
+pkill -f benchmarks/quality.py && sleep 1 # past the deadline: what finished is kept
+
+{
+    cat "$WORK/env.txt"
+    for f in "$WORK"/throughput*.txt; do
+        echo "== $f"
+        grep -v '^\[{' "$f"
+    done
+    echo "== quality (one JSON row per finished run)"
+    grep -h '^{' "$WORK"/q-*.txt
+    for f in "$WORK"/q-*.txt; do
+        grep -q '^{' "$f" || {
+            echo "-- unfinished or failed: $f"
+            tail -3 "$f"
+        }
+    done
+    echo "== last epoch of each run"
+    for m in "$WORK"/q/*/metrics.json; do
+        python3 -c "import json,sys; m=json.load(open(sys.argv[1])); r=m[-1]; \
+print(sys.argv[1].split('/')[-2], 'epoch', r['epoch'], 'train', round(r['train_loss'],5), \
+'val', round(r['val_loss'],5), 'img/s', round(r['images_per_s']))" "$m"
+    done
+    echo "== tests on the GPU"
+    tail -15 "$WORK/pytest.txt"
+    echo "== $((SECONDS - START)) s in all"
+} >"$OUT/summary.txt" 2>&1
+tar czf "$OUT/results.tgz" --exclude='*.pt' --exclude='events.out.*' "$WORK"
+cat "$OUT/summary.txt"

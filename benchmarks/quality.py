@@ -14,6 +14,7 @@ the machine; runs stay in --out for TensorBoard.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import sys
@@ -32,6 +33,19 @@ from convae.evaluate import evaluate
 from convae.train import resolve_config, train
 
 DEFAULT = ["fmnist-32", "fmnist-32-wide", "fmnist-16", "fmnist-64", "fmnist-denoise"]
+
+
+def fresh_dir(path: Path) -> str:
+    """A new directory at ``path`` (``path-2``, ``-3``... if taken): several quality.py
+    processes may share --out and start within the same second."""
+    for i in itertools.count(1):
+        candidate = path if i == 1 else path.with_name(f"{path.name}-{i}")
+        try:
+            candidate.mkdir(parents=True)  # atomic: exactly one process gets each name
+            return str(candidate)
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")
 
 
 def main() -> None:
@@ -53,7 +67,7 @@ def main() -> None:
     rows = []
     for name, arch in runs:
         settings = {"data": "fashion-mnist", "arch": arch, "device": args.device, "quiet": True, **overrides}
-        settings["out"] = str(Path(args.out) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        settings["out"] = fresh_dir(Path(args.out) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
         if args.epochs:
             settings["epochs"] = args.epochs
         started = time.perf_counter()

@@ -160,7 +160,26 @@ def test_speed_settings_are_recorded_for_resume(npz, tmp_path):
     train(_config(npz, tmp_path, "auto", epochs=1))
     auto = json.loads((tmp_path / "auto" / "config.json").read_text())
     assert auto["channels_last"] is True and isinstance(auto["amp"], bool)  # decided, then written down
+    assert auto["compile"] is False  # compiling is slower on CPUs
     assert fits_on_device(10**12, _torch.device("cpu"))
+
+
+def test_speed_defaults_on_a_gpu(npz, tmp_path, monkeypatch):
+    from convae.distributed import Dist
+    from convae.train import Trainer, prepare
+
+    config = _config(npz, tmp_path)
+    trainer = Trainer(config, tmp_path, prepare(config), torch.device("cpu"))
+    # What the trainer would choose on a CUDA device, decided without one.
+    trainer.device = torch.device("cuda")
+    config.channels_last = config.amp = config.compile = None  # as before the CPU trainer wrote its choices
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert trainer._speed_settings(images=True) == (True, True, "reduce-overhead")
+    assert trainer._speed_settings(images=False) == (False, True, "reduce-overhead")
+    trainer.dist = Dist(rank=0, local_rank=0, world=2)  # under DDP: not measured, so not compiled
+    assert trainer._speed_settings(images=True) == (True, True, False)
+    trainer.config.compile, trainer.config.amp = "max-autotune", False  # the user's choice wins
+    assert trainer._speed_settings(images=True) == (True, False, "max-autotune")
 
 
 def test_progress_bar_on_a_terminal(npz, tmp_path, monkeypatch):

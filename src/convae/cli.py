@@ -107,7 +107,7 @@ TRAIN_FLAGS: list[tuple[str, Any, str, tuple | None]] = [
     ("--device", str, "auto, cpu, cuda or cuda:N (default auto)", None),
     ("--channels-last", _bool, "channels-last memory layout (default: on for images)", None),
     ("--amp", _bool, "bf16 autocast (default: on for CUDA GPUs with bf16)", None),
-    ("--compile", _compile, "torch.compile the model: true, false or a mode (reduce-overhead...; default false)", None),
+    ("--compile", _compile, "torch.compile the step: true, false or a mode (default: reduce-overhead on 1 GPU)", None),
     ("--sync-bn", _bool, "with torchrun: batch-norm statistics over all processes (default false)", None),
     ("--threads", int, "CPU threads for PyTorch", None),
     ("--out", str, "run directory (default runs/DATA-ARCH-TIME)", None),

@@ -75,7 +75,8 @@ class TrainConfig:
     device: str = "auto"
     channels_last: bool | None = None  # None: on for 2-D data
     amp: bool | None = None  # bf16 autocast; None: on for CUDA devices that support bf16
-    compile: bool | str = False  # torch.compile the training step's model: true or one of COMPILE_MODES
+    # torch.compile the training step: true or one of COMPILE_MODES; None: reduce-overhead on one CUDA device
+    compile: bool | str | None = None
     sync_bn: bool = False  # with several processes: batch-norm statistics over the global batch
     threads: int | None = None
     out: str | None = None
@@ -320,14 +321,13 @@ class Trainer:
         self.batch = min(config.batch_size, n)
         if self.batch % world:
             raise ConvaeError(f"batch size {self.batch} does not split evenly over {world} processes")
+        self.channels_last, self.amp, self.compile = self._speed_settings(sample.ndim == 4)
+        # Recorded in the config, so a resumed run computes exactly as before.
+        config.channels_last, config.amp, config.compile = self.channels_last, self.amp, self.compile
         # Drop a last batch smaller than 2 samples per process (batch norm cannot train on one),
         # and any smaller last batch when compiling: a second shape would compile and capture again.
-        partial = n % self.batch >= 2 * world and not config.compile
+        partial = n % self.batch >= 2 * world and not self.compile
         self.steps_per_epoch = n // self.batch + (1 if partial else 0)
-
-        self.channels_last, self.amp = self._layout_and_precision(sample.ndim == 4)
-        # Recorded in the config, so a resumed run computes exactly as before.
-        config.channels_last, config.amp = self.channels_last, self.amp
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if config.sync_bn and world > 1:
@@ -343,10 +343,8 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             self.net = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
-        if config.compile:
-            # reduce-overhead replays the step as CUDA graphs: launch costs dominate small models on GPUs.
-            mode = "default" if config.compile is True else config.compile
-            self.net = torch.compile(self.net, mode=mode)
+        if self.compile:
+            self.net = torch.compile(self.net, mode="default" if self.compile is True else self.compile)
         self.optimizer, self.scheduler = _make_optimizer(
             config, self.model, config.epochs * self.steps_per_epoch, device
         )
@@ -354,24 +352,34 @@ class Trainer:
         self.summaries: Summaries | None = None
 
     # -- helpers -----------------------------------------------------------------------------
-    def _layout_and_precision(self, images: bool) -> tuple[bool, bool]:
-        """Channels-last and bf16 autocast: the user's choice, else what is fastest on this device.
+    def _speed_settings(self, images: bool) -> tuple[bool, bool, bool | str]:
+        """Channels-last, bf16 autocast and compilation: the user's choice, else what is fastest here.
 
         Channels-last is on for images: oneDNN and cuDNN convolve in that layout
         without reordering. bf16 autocast is on where the hardware computes in
         bf16 natively: CUDA GPUs that support it, and CPUs with AVX512-BF16 or
         AMX (faster there on the benchmark's models: benchmarks/RESULTS.md).
-        Weights, batch norm and the loss stay float32.
+        Weights, batch norm and the loss stay float32. On one CUDA device the
+        step is compiled with CUDA graphs (``reduce-overhead``): small models are
+        bound by kernel launches there, and the graphs replay a step in one
+        (1.3-2.3x on an H200 at batch 128: RESULTS.md). Not on CPUs (slower there)
+        nor under DDP (not measured with it).
         """
-        config = self.config
+        config, cuda = self.config, self.device.type == "cuda"
         channels_last = images if config.channels_last is None else bool(config.channels_last) and images
         if config.amp is not None:
-            return channels_last, bool(config.amp)
-        if self.device.type == "cuda":
-            return channels_last, torch.cuda.is_bf16_supported()
-        if self.device.type == "cpu":
-            return channels_last, torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-        return channels_last, False
+            amp = bool(config.amp)
+        elif cuda:
+            amp = torch.cuda.is_bf16_supported()
+        elif self.device.type == "cpu":
+            amp = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        else:
+            amp = False
+        if config.compile is not None:
+            compile_ = config.compile
+        else:
+            compile_ = "reduce-overhead" if cuda and self.dist.world == 1 else False
+        return channels_last, amp, compile_
 
     def _prepare_batch(
         self, raw: Tensor, generator: torch.Generator | None, augment: bool = False

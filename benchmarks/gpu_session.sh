@@ -6,7 +6,8 @@
 #   TINY=1 OUT=/tmp/x bash benchmarks/gpu_session.sh    # the plumbing, on a CPU, in minutes
 #
 # 1. throughput.py with convae's defaults (issue 5's table: 3 archs, batch 128 and 1024);
-# 2. quality runs (issue 7), four at once on the one GPU: the residual recipe of
+# 2. a profile of the keras model's compiled step at batch 128 (short of 2x there);
+# 3. quality runs (issue 7), four at once on the one GPU: the residual recipe of
 #    fmnist-32-res at codes 16 and 64, without flips at code 32, and the preset itself;
 #    beside them, the test suite with CUDA as the default device.
 # Output: $OUT/summary.txt (also printed) and $OUT/results.tgz (logs, metrics, final.json).
@@ -50,7 +51,11 @@ done
 
 echo "== 1. throughput, convae defaults ($(left) s left)"
 timeout "$(cap 200)" python3 benchmarks/throughput.py "${TP[@]}" 2>&1 | tee "$WORK/throughput.txt"
-echo "== 2. quality runs and tests, side by side ($(left) s left)"
+echo "== 2. where a batch-128 step of the keras model goes ($(left) s left)"
+timeout "$(cap 60)" python3 benchmarks/profile_step.py --arch keras --batch 128 --rows 15 \
+    --trace "$WORK/keras-128.trace.json" >"$WORK/profile-keras.txt" 2>&1
+head -4 "$WORK/profile-keras.txt"
+echo "== 3. quality runs and tests, side by side ($(left) s left)"
 LONG=(epochs=30 batch_size=256 lr=2e-3 optimizer=adamw schedule=onecycle weight_decay=0.05 val_fraction=0.0)
 lane() { # name, then quality.py arguments; each run in a directory of its own
     local name=$1
@@ -76,6 +81,8 @@ pkill -f benchmarks/quality.py && sleep 1 # past the deadline: what finished is 
         echo "== $f"
         grep -v '^\[{' "$f"
     done
+    echo "== profile (full tables and a Chrome trace in results.tgz)"
+    head -25 "$WORK/profile-keras.txt" | cut -c1-160
     echo "== quality (one JSON row per finished run)"
     grep -h '^{' "$WORK"/q-*.txt
     for f in "$WORK"/q-*.txt; do

@@ -174,8 +174,12 @@ def test_speed_defaults_on_a_gpu(npz, tmp_path, monkeypatch):
     trainer.device = torch.device("cuda")
     config.channels_last = config.amp = config.compile = None  # as before the CPU trainer wrote its choices
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    monkeypatch.setattr("convae.train._can_compile_for", lambda device: True)
     assert trainer._speed_settings(images=True) == (True, True, "reduce-overhead")
     assert trainer._speed_settings(images=False) == (False, True, "reduce-overhead")
+    monkeypatch.setattr("convae.train._can_compile_for", lambda device: False)  # pre-Volta, or no Triton
+    assert trainer._speed_settings(images=True) == (True, True, False)
+    monkeypatch.setattr("convae.train._can_compile_for", lambda device: True)
     trainer.dist = Dist(rank=0, local_rank=0, world=2)  # under DDP: not measured, so not compiled
     assert trainer._speed_settings(images=True) == (True, True, False)
     trainer.config.compile, trainer.config.amp = "max-autotune", False  # the user's choice wins

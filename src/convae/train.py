@@ -184,6 +184,16 @@ def psnr(mse: float, data_range: float) -> float:
     return 10 * math.log10(data_range**2 / mse) if mse > 0 else math.inf
 
 
+def _can_compile_for(device: torch.device) -> bool:
+    """Whether inductor can generate kernels for a CUDA device: Triton installed, and a GPU
+    it supports (compute capability 7.0 or newer), so that the automatic choice never fails."""
+    try:
+        from torch.utils._triton import has_triton
+    except ImportError:
+        return False
+    return has_triton() and torch.cuda.get_device_capability(device) >= (7, 0)
+
+
 def epoch_seeds(seed: int, epoch: int, rank: int = 0) -> tuple[int, int]:
     """(shuffle seed, per-process seed) of an epoch.
 
@@ -359,8 +369,8 @@ class Trainer:
         without reordering. bf16 autocast is on where the hardware computes in
         bf16 natively: CUDA GPUs that support it, and CPUs with AVX512-BF16 or
         AMX (faster there on the benchmark's models: benchmarks/RESULTS.md).
-        Weights, batch norm and the loss stay float32. On one CUDA device the
-        step is compiled with CUDA graphs (``reduce-overhead``): small models are
+        Weights, batch norm and the loss stay float32. On one CUDA device that
+        Triton supports the step is compiled with CUDA graphs (``reduce-overhead``): small models are
         bound by kernel launches there, and the graphs replay a step in one
         (1.3-2.3x on an H200 at batch 128: RESULTS.md). Not on CPUs (slower there)
         nor under DDP (not measured with it).
@@ -378,7 +388,7 @@ class Trainer:
         if config.compile is not None:
             compile_ = config.compile
         else:
-            compile_ = "reduce-overhead" if cuda and self.dist.world == 1 else False
+            compile_ = "reduce-overhead" if cuda and self.dist.world == 1 and _can_compile_for(self.device) else False
         return channels_last, amp, compile_
 
     def _prepare_batch(

@@ -22,8 +22,9 @@ rm -rf "$WORK" && mkdir -p "$OUT" "$WORK"
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
 if [ -d .data/fashion-mnist ]; then export CONVAE_DATA=$PWD/.data; fi
 left() { echo $((BUDGET - (SECONDS - START))); }
-cap() { # the smaller of a step's own cap and what the deadline leaves (minus packing time)
+cap() { # the smaller of a step's own cap and what the deadline leaves (minus packing time), >= 1 s
     local rest=$(($(left) - 15))
+    rest=$((rest < 1 ? 1 : rest))
     echo $(($1 < rest ? $1 : rest))
 }
 
@@ -93,6 +94,7 @@ pkill -f benchmarks/quality.py && sleep 1 # past the deadline: what finished is 
     done
     echo "== last epoch of each run"
     for m in "$WORK"/q/*/*/metrics.json; do
+        [ -e "$m" ] || continue
         python3 -c "import json,sys; m=json.load(open(sys.argv[1])); r=m[-1]; \
 print(sys.argv[1].split('/')[-3], 'epoch', r['epoch'], 'train', round(r['train_loss'],5), \
 'val', round(r['val_loss'],5), 'img/s', round(r['images_per_s']))" "$m"

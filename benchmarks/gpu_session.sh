@@ -74,7 +74,10 @@ else
 fi
 OMP_NUM_THREADS=4 timeout "$QCAP" python3 -m pytest -q -p no:cacheprovider >"$WORK/pytest.txt" 2>&1 &
 while [ "$(jobs -rp | wc -l)" -gt 0 ] && [ "$(left)" -gt 15 ]; do sleep 2; done
-pkill -f benchmarks/quality.py && sleep 1 # past the deadline: what finished is kept
+for job in $(jobs -rp); do # past the deadline: stop this script's runs (not others'); what finished is kept
+    pkill -P "$job"
+    kill "$job"
+done 2>/dev/null
 
 {
     cat "$WORK/env.txt"

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import add_set_flag, parse_set
-from throughput import ARCHS, device_name, fashion_or_random
+from throughput import ARCHS, device_name, fashion_or_random, trainer_settings, write_npy
 
 from convae.train import pick_device, resolve_config, train
 
@@ -55,22 +55,8 @@ def main() -> None:
     print(f"device: {device_name(device)}; torch {torch.__version__}; data: {source}; arch: {arch}")
 
     with tempfile.TemporaryDirectory() as tmp:
-        data_file = os.path.join(tmp, "x.npy")
-        np.save(data_file, (x * 255).round().astype(np.uint8) if source == "fashion-mnist" else x)
-        settings = dict(
-            data=f"npy:{data_file}",
-            arch=arch,
-            epochs=2,
-            batch_size=args.batch,
-            loss="bce",
-            val_fraction=0.0,
-            device=str(device),
-            out=os.path.join(tmp, "run"),
-            quiet=True,
-            histograms=False,
-            embedding_samples=0,
-            **extra,
-        )
+        data_file = write_npy(os.path.join(tmp, "x.npy"), x, source)
+        settings = trainer_settings(arch, data_file, args.batch, 2, device, os.path.join(tmp, "run"), extra)
         config = resolve_config(settings)
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         # Steps are numbered from 1; the second epoch starts after `per_epoch` of them, and

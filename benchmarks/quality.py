@@ -38,14 +38,13 @@ DEFAULT = ["fmnist-32", "fmnist-32-wide", "fmnist-16", "fmnist-64", "fmnist-deno
 def fresh_dir(path: Path) -> str:
     """A new directory at ``path`` (``path-2``, ``-3``... if taken): several quality.py
     processes may share --out and start within the same second."""
-    for i in itertools.count(1):
-        candidate = path if i == 1 else path.with_name(f"{path.name}-{i}")
+    candidate = path
+    for i in itertools.count(2):
         try:
             candidate.mkdir(parents=True)  # atomic: exactly one process gets each name
             return str(candidate)
         except FileExistsError:
-            continue
-    raise AssertionError("unreachable")
+            candidate = path.with_name(f"{path.name}-{i}")
 
 
 def main() -> None:

@@ -5,9 +5,10 @@ import torch
 from helpers import write_npz
 
 from convae import checkpoint
+from convae.distributed import Dist
 from convae.errors import ConvaeError
 from convae.preprocess import Augment
-from convae.train import TrainConfig, epoch_seeds, load_run, resolve_config, train
+from convae.train import TrainConfig, Trainer, epoch_seeds, load_run, prepare, resolve_config, train
 
 ARCH = "conv(8,3,stride=2) bn relu conv(16,3,stride=2) bn relu dense(8)"
 
@@ -165,9 +166,6 @@ def test_speed_settings_are_recorded_for_resume(npz, tmp_path):
 
 
 def test_speed_defaults_on_a_gpu(npz, tmp_path, monkeypatch):
-    from convae.distributed import Dist
-    from convae.train import Trainer, prepare
-
     config = _config(npz, tmp_path)
     trainer = Trainer(config, tmp_path, prepare(config), torch.device("cpu"))
     # What the trainer would choose on a CUDA device, decided without one.
@@ -229,10 +227,6 @@ def test_epoch_seeds_share_the_permutation_but_not_the_noise():
 
 
 def test_compiled_steps_see_one_batch_shape(npz, tmp_path):
-    import torch
-
-    from convae.train import Trainer, prepare
-
     sizes = {}
     for compile_ in (False, "reduce-overhead"):
         config = _config(npz, tmp_path, compile=compile_, batch_size=20)

@@ -370,10 +370,10 @@ class Trainer:
         bf16 natively: CUDA GPUs that support it, and CPUs with AVX512-BF16 or
         AMX (faster there on the benchmark's models: benchmarks/RESULTS.md).
         Weights, batch norm and the loss stay float32. On one CUDA device that
-        Triton supports the step is compiled with CUDA graphs (``reduce-overhead``): small models are
-        bound by kernel launches there, and the graphs replay a step in one
-        (1.3-2.3x on an H200 at batch 128: RESULTS.md). Not on CPUs (slower there)
-        nor under DDP (not measured with it).
+        Triton supports the step is compiled with CUDA graphs (``reduce-overhead``):
+        small models are bound by kernel launches there, and the graphs replay a
+        step in one (1.3-2.3x on an H200 at batch 128: RESULTS.md). Not on CPUs
+        (slower there) nor under DDP (not measured with it).
         """
         config, cuda = self.config, self.device.type == "cuda"
         channels_last = images if config.channels_last is None else bool(config.channels_last) and images

@@ -235,3 +235,14 @@ def test_compiled_steps_see_one_batch_shape(npz, tmp_path):
         assert n % 20 >= 2  # a smaller last batch exists
         sizes[compile_] = Trainer(config, tmp_path, prepared, torch.device("cpu")).steps_per_epoch
     assert sizes[False] == n // 20 + 1 and sizes["reduce-overhead"] == n // 20
+
+
+def test_without_a_validation_split_a_capped_spread_of_training_images_stands_in(npz, tmp_path, monkeypatch):
+    config = _config(npz, tmp_path, val_fraction=0.0)
+    prepared = prepare(config)
+    trainer = Trainer(config, tmp_path, prepared, torch.device("cpu"))
+    assert torch.equal(trainer._val_idx(), trainer.train_idx)  # few images: all of them
+    monkeypatch.setattr("convae.train.MONITOR_SAMPLES", 7)
+    subset = trainer._val_idx()
+    assert 4 <= len(subset) <= 7  # every k-th image, k chosen to keep it under the cap
+    assert subset[0] == trainer.train_idx[0] and subset[-1] > trainer.train_idx[len(trainer.train_idx) // 2]

@@ -84,7 +84,7 @@ TRAIN_FLAGS: list[tuple[str, Any, str, tuple | None]] = [
     ("--data-dir", str, "where to look for dataset files first", None),
     ("--channels", int, "folder images: 1 (grayscale) or 3 (RGB)", (1, 3)),
     ("--image-size", _image_size, "folder images: resize and centre-crop to H,W", None),
-    ("--val-fraction", float, "share of training data held out for validation (default 0.1)", None),
+    ("--val-fraction", float, "held-out share for validation (default 0.1; 0: monitor 10,000 training images)", None),
     ("--normalize", str, "input preparation (default unit)", ("none", "unit", "standardize", "zca")),
     ("--zca-epsilon", float, "ZCA whitening epsilon (default 0.01)", None),
     ("--noise", str, "denoising: gaussian:0.3, masking:0.25 or saltpepper:0.1", None),

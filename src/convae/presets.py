@@ -106,8 +106,8 @@ register(
         {"epochs": 30, **_LONG_RECIPE},
     )
 )
-# The best at code 32, measured on a GPU (benchmarks/RESULTS.md): about 5.5x the wide
-# design's FLOPs, so hours on a laptop CPU.
+# The best at codes 32 (measured on a GPU) and 16 (on a CPU): benchmarks/RESULTS.md.
+# About 5.5x the wide design's FLOPs: an hour and a half on a 2-core CPU.
 _RES = (
     "conv(64,3,stride=2) bn gelu res(3,act=gelu) conv(128,3,stride=2) bn gelu res(3,act=gelu) "
     "conv(256,3,stride=2) bn gelu res(3,act=gelu) dense(512) bn gelu"
@@ -116,8 +116,17 @@ register(
     Preset(
         "fmnist-32-res",
         f"{_RES} dense(32)",
-        "best quality at code 32, for a GPU: the wide design with a residual block per stage, "
-        "horizontal flips, weight decay 0.05, all training images (no validation split), 30 epochs",
+        "best quality at code 32: the wide design with a residual block per stage, "
+        "horizontal flips, weight decay 0.05, all training images (no validation split), 30 epochs; "
+        "minutes on a GPU, an hour and a half on a 2-core CPU",
+        {"epochs": 30, **_LONG_RECIPE},
+    )
+)
+register(
+    Preset(
+        "fmnist-16-res",
+        f"{_RES} dense(16)",
+        "best quality at code 16: fmnist-32-res's layers and recipe with a 16-d code; 95 minutes on a 2-core CPU",
         {"epochs": 30, **_LONG_RECIPE},
     )
 )

@@ -2,9 +2,12 @@
 
     python benchmarks/cpu_variants.py --arch wide --batch 128
     python benchmarks/cpu_variants.py --arch bottleneck --profile
+    python benchmarks/cpu_variants.py --arch fmnist-16-res --batch 256 --variants cl_bf16,bf16
 
+--arch: throughput.py's models (keras, bottleneck, wide) or any preset name.
 Variants: plain (NCHW float32), cl (channels-last), cl_bf16 (channels-last and
-bf16 autocast), fused (fused Adam), compile and cl_compile (torch.compile).
+bf16 autocast), bf16 (NCHW and bf16 autocast), fused (fused Adam), compile and
+cl_compile (torch.compile).
 Each: two warm-up steps (compilation included, reported separately), then
 --steps timed steps on random data, images/s printed. --profile prints
 torch.profiler's table of the channels-last float32 step instead.
@@ -26,8 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import ARCHS
 
 import convae
+from convae import presets
 
-VARIANTS = ("plain", "cl", "cl_bf16", "fused", "compile", "cl_compile")
+VARIANTS = ("plain", "cl", "cl_bf16", "bf16", "fused", "compile", "cl_compile")
 
 
 def step_fn(arch: str, batch: int, variant: str):
@@ -54,13 +58,15 @@ def step_fn(arch: str, batch: int, variant: str):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", default="bottleneck", choices=list(ARCHS))
+    parser.add_argument("--arch", default="bottleneck", help=f"{', '.join(ARCHS)} or a preset name")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
-    arch = ARCHS[args.arch]
+    if args.arch not in ARCHS and not presets.is_preset(args.arch):
+        parser.error(f"--arch: expected {', '.join(ARCHS)} or a preset ({', '.join(presets.names())})")
+    arch = ARCHS.get(args.arch) or presets.resolve(args.arch)
     print(f"{args.arch}, batch {args.batch}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     if args.profile:
         from torch.profiler import ProfilerActivity, profile

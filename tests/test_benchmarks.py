@@ -1,0 +1,21 @@
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "cpu_variants.py"
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=120)
+
+
+def test_cpu_variants_times_a_preset_in_each_variant():
+    result = _run("--arch", "small", "--batch", "4", "--steps", "1", "--variants", "plain,bf16")
+    assert result.returncode == 0, result.stderr
+    rates = [line.split()[:3] for line in result.stdout.splitlines()[1:]]
+    assert [r[0] for r in rates] == ["plain", "bf16"] and all(float(r[1]) > 0 and r[2] == "img/s" for r in rates)
+
+
+def test_cpu_variants_rejects_an_unknown_arch():
+    result = _run("--arch", "fmnist-99")
+    assert result.returncode == 2 and "preset" in result.stderr and "Traceback" not in result.stderr

@@ -12,7 +12,10 @@ def add_set_flag(parser: argparse.ArgumentParser, help: str) -> None:
 
 
 def parse_set(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, Any]:
-    """KEY=VALUE pairs as training settings; values are JSON (8, 2e-3, true), else plain strings (adamw)."""
+    """KEY=VALUE pairs as training settings; values are JSON (8, 2e-3, true), else plain strings (adamw).
+
+    A key given twice takes its last value, so a list of common settings can be followed by an override.
+    """
     settings: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")

@@ -106,7 +106,7 @@ TRAIN_FLAGS: list[tuple[str, Any, str, tuple | None]] = [
     ("--seed", int, "random seed (default 0)", None),
     ("--device", str, "auto, cpu, cuda or cuda:N (default auto)", None),
     ("--channels-last", _bool, "channels-last memory layout (default: on for images)", None),
-    ("--amp", _bool, "bf16 autocast (default: on for CUDA GPUs with bf16)", None),
+    ("--amp", _bool, "bf16 autocast (default: on where bf16 is native: CUDA GPUs, AVX512-BF16/AMX CPUs)", None),
     ("--compile", _compile, "torch.compile the step: true, false or a mode (default: reduce-overhead on 1 GPU)", None),
     ("--sync-bn", _bool, "with torchrun: batch-norm statistics over all processes (default false)", None),
     ("--threads", int, "CPU threads for PyTorch", None),

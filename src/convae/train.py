@@ -75,7 +75,7 @@ class TrainConfig:
     # runtime
     device: str = "auto"
     channels_last: bool | None = None  # None: on for 2-D data
-    amp: bool | None = None  # bf16 autocast; None: on for CUDA devices that support bf16
+    amp: bool | None = None  # bf16 autocast; None: on where bf16 is native (CUDA GPUs, AVX512-BF16/AMX CPUs)
     # torch.compile the training step: true or one of COMPILE_MODES; None: reduce-overhead on one CUDA device
     compile: bool | str | None = None
     sync_bn: bool = False  # with several processes: batch-norm statistics over the global batch

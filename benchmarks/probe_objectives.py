@@ -1,0 +1,141 @@
+"""Does a second objective on the codes raise the linear probe? An ablation for issue 7's probe target.
+
+    python benchmarks/probe_objectives.py                                      # plain MSE, one view
+    python benchmarks/probe_objectives.py --objective invariance --weight 0.01 --augment flip+shift:3
+    python benchmarks/probe_objectives.py --objective contrastive --weight 0.01 --augment flip+shift:3
+
+Trains the default preset's layers (``fmnist-32``) with AdamW (weight decay
+0.01) and a one-cycle schedule, bf16 autocast, batch 128, and adds to the
+reconstruction MSE ``weight`` times a term on the codes of two augmented views
+of each image (both views are reconstructed, so a step sees twice the images):
+
+- ``invariance``: MSE between the two views' codes, each standardised over the
+  batch (so shrinking the codes cannot lower it);
+- ``contrastive``: SimCLR's NT-Xent on the cosine similarities of the codes
+  (temperature ``--tau``), the other images of the batch as negatives.
+
+Prints the test MSE and the accuracy of a logistic regression fitted on the
+codes of the first 20,000 training images (as `convae evaluate` does). The
+trainer does not offer these objectives: at 5 epochs they lowered both figures
+(benchmarks/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import convae
+from convae import presets
+from convae.data import load
+from convae.errors import ConvaeError
+from convae.evaluate import linear_probe
+from convae.preprocess import Augment
+
+OBJECTIVES = ("none", "invariance", "contrastive")
+
+
+def code_term(objective: str, z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tensor:
+    if objective == "invariance":
+
+        def standardise(z: torch.Tensor) -> torch.Tensor:
+            return (z - z.mean(0)) / (z.std(0) + 1e-4)
+
+        return F.mse_loss(standardise(z1), standardise(z2))
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    n = len(z1)
+    sim = (z @ z.T / tau).fill_diagonal_(float("-inf"))  # a sample is not its own positive
+    positives = torch.cat([torch.arange(n, 2 * n), torch.arange(n)])
+    return F.cross_entropy(sim, positives)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--objective", choices=OBJECTIVES, default="none")
+    parser.add_argument("--weight", type=float, default=0.01, help="weight of the code term (default 0.01)")
+    parser.add_argument("--tau", type=float, default=0.5, help="contrastive temperature (default 0.5)")
+    parser.add_argument("--augment", default=None, help="flip, shift:N or flip+shift:N (required with an objective)")
+    parser.add_argument("--arch", default=presets.DEFAULT_PRESET, help="a preset name or an architecture string")
+    parser.add_argument("--data", default="fashion-mnist")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--samples", type=int, default=None, help="train on the first N training images")
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    try:
+        augment = Augment.parse(args.augment)
+    except ConvaeError as err:
+        parser.error(str(err))
+    if args.objective != "none" and augment is None:
+        parser.error(f"--objective {args.objective} compares two augmented views: give --augment")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    dataset = load(args.data, data_dir=args.data_dir)
+    x, y = torch.as_tensor(dataset.x_train[: args.samples]), dataset.y_train[: args.samples]
+    if dataset.x_test is not None:
+        x_test, y_test = torch.as_tensor(dataset.x_test), dataset.y_test
+    else:  # digits: the last fifth stands in for a test split
+        cut = len(x) * 4 // 5
+        x, x_test, y, y_test = x[:cut], x[cut:], y[:cut], y[cut:]
+    torch.manual_seed(0)
+    model = convae.build(presets.resolve(args.arch), x.shape[1:]).to(memory_format=torch.channels_last)
+    steps_per_epoch = len(x) // args.batch
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=args.epochs * steps_per_epoch)
+    generator = torch.Generator().manual_seed(1)
+    two_views = args.objective != "none"
+    started = time.perf_counter()
+    for epoch in range(args.epochs):
+        model.train()
+        order = torch.randperm(len(x), generator=generator)
+        total = term_total = 0.0
+        for i in range(steps_per_epoch):
+            batch = x[order[i * args.batch : (i + 1) * args.batch]]
+            if two_views:
+                batch = torch.cat([augment.apply(batch, 0.0, generator), augment.apply(batch, 0.0, generator)])
+            elif augment is not None:
+                batch = augment.apply(batch, 0.0, generator)
+            batch = batch.contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                z, sizes, switches = model._encode(batch)
+                out = model._decode(z, sizes, switches)
+            loss = F.mse_loss(out.float(), batch)
+            if two_views:
+                term = code_term(args.objective, *z.float().chunk(2), args.tau)
+                loss = loss + args.weight * term
+                term_total += float(term.detach())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total += float(loss.detach())
+        print(
+            f"epoch {epoch + 1}  loss {total / steps_per_epoch:.5f}  code term {term_total / steps_per_epoch:.4f}  "
+            f"{time.perf_counter() - started:.0f} s",
+            flush=True,
+        )
+    model.eval()
+    with torch.no_grad():
+        x_hat = torch.cat([model(c) for c in x_test.split(1000)])
+        codes_fit = torch.cat([model.encode(c) for c in x[:20000].split(1000)]).numpy()
+        codes_test = torch.cat([model.encode(c) for c in x_test.split(1000)]).numpy()
+    mse = float(F.mse_loss(x_hat, x_test))
+    probe = linear_probe(codes_fit, y[:20000], codes_test, np.asarray(y_test))
+    print(
+        f"objective {args.objective}  weight {args.weight if two_views else 0}  augment {augment or 'none'}  "
+        f"epochs {args.epochs}  test MSE {mse:.5f}  probe {probe:.4f}  {time.perf_counter() - started:.0f} s"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,7 +1,7 @@
 """Train and evaluate presets on Fashion-MNIST; print test MSE beside PCA at the same code size.
 
     python benchmarks/quality.py                          # the CPU-sized Fashion-MNIST presets, each its own recipe
-    python benchmarks/quality.py --presets fmnist-32-res fmnist-16-res   # the residual ones (1.5 h each on 2 cores)
+    python benchmarks/quality.py --presets fmnist-32-res fmnist-16-res fmnist-64-res   # residual: 1.5 h each, 2 cores
     python benchmarks/quality.py --presets fmnist-16 fmnist-64 --out runs/quality
     python benchmarks/quality.py --presets --arch "conv(32,3,stride=2) bn gelu dense(32)" \
         --set epochs=8 lr=2e-3 optimizer=adamw schedule=onecycle   # an ablation: any spec, any recipe

@@ -106,7 +106,7 @@ register(
         {"epochs": 30, **_LONG_RECIPE},
     )
 )
-# The best at codes 32 and 64 (measured on a GPU) and 16 (on a CPU): benchmarks/RESULTS.md.
+# The best at codes 32 (measured on a GPU), 16 and 64 (on a CPU): benchmarks/RESULTS.md.
 # About 5.5x the wide design's FLOPs: an hour and a half on a 2-core CPU.
 _RES = (
     "conv(64,3,stride=2) bn gelu res(3,act=gelu) conv(128,3,stride=2) bn gelu res(3,act=gelu) "

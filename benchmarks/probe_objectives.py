@@ -14,8 +14,9 @@ of each image (both views are reconstructed, so a step sees twice the images):
 - ``contrastive``: SimCLR's NT-Xent on the cosine similarities of the codes
   (temperature ``--tau``), the other images of the batch as negatives.
 
-Prints the test MSE and the accuracy of a logistic regression fitted on the
-codes of the first 20,000 training images (as `convae evaluate` does). The
+Prints the test MSE and the accuracy of `convae.evaluate.linear_probe` (a
+logistic regression on standardised codes) fitted on the codes of the first
+20,000 training images (`convae evaluate` fits on a random 20,000). The
 trainer does not offer these objectives: at 5 epochs they lowered both figures
 (benchmarks/RESULTS.md).
 """
@@ -35,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import convae
 from convae import presets
-from convae.data import load
+from convae.data import load, split_validation
 from convae.errors import ConvaeError
 from convae.evaluate import linear_probe
 from convae.preprocess import Augment
@@ -80,16 +81,27 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    dataset = load(args.data, data_dir=args.data_dir)
+    try:
+        dataset = load(args.data, data_dir=args.data_dir)
+        spec = presets.resolve(args.arch)
+    except ConvaeError as err:
+        parser.error(str(err))
+    if dataset.y_train is None:
+        parser.error(f"{args.data} has no labels: the probe needs them")
     x, y = torch.as_tensor(dataset.x_train[: args.samples]), dataset.y_train[: args.samples]
     if dataset.x_test is not None:
         x_test, y_test = torch.as_tensor(dataset.x_test), dataset.y_test
-    else:  # digits: the last fifth stands in for a test split
-        cut = len(x) * 4 // 5
-        x, x_test, y, y_test = x[:cut], x[cut:], y[:cut], y[cut:]
+    else:  # digits: a held-out fifth stands in for a test split, as for a validation split
+        fit, held_out = split_validation(len(x), 0.2, seed=0)
+        x, x_test, y, y_test = x[fit], x[held_out], y[fit], y[held_out]
+    steps_per_epoch = len(x) // args.batch if args.batch > 0 else 0
+    if args.epochs < 1 or steps_per_epoch < 1:
+        parser.error(f"need --epochs >= 1 and --batch between 1 and the {len(x)} training images")
     torch.manual_seed(0)
-    model = convae.build(presets.resolve(args.arch), x.shape[1:]).to(memory_format=torch.channels_last)
-    steps_per_epoch = len(x) // args.batch
+    try:
+        model = convae.build(spec, x.shape[1:]).to(memory_format=torch.channels_last)
+    except ConvaeError as err:
+        parser.error(str(err))
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=args.epochs * steps_per_epoch)
     generator = torch.Generator().manual_seed(1)

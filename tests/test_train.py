@@ -226,7 +226,51 @@ def test_epoch_seeds_share_the_permutation_but_not_the_noise():
     assert epoch_seeds(3, 6)[0] != epoch_seeds(3, 5)[0] != epoch_seeds(4, 5)[0]
 
 
-def test_compiled_steps_see_one_batch_shape(npz, tmp_path):
+def _compile_with(monkeypatch, backend):
+    """torch.compile through Dynamo with another backend: the trainer's path, without inductor's cost."""
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda net, mode=None: compile_(net, backend=backend))
+
+
+def _no_c_compiler(graph, example_inputs):
+    raise RuntimeError("Failed to find C compiler. Please specify via CC environment variable.")
+
+
+def test_compile_is_tried_on_one_batch_and_leaves_the_model_as_it_was(npz, tmp_path, monkeypatch):
+    graphs = []
+
+    def counting(graph, example_inputs):
+        graphs.append(graph)
+        return graph.forward
+
+    _compile_with(monkeypatch, counting)
+    config = _config(npz, tmp_path, compile=True)
+    prepared = prepare(config)
+    before = {name: b.clone() for name, b in prepared.model.named_buffers()}
+    trainer = Trainer(config, tmp_path, prepared, torch.device("cpu"))
+    assert graphs and trainer.net is not trainer.model and trainer.compile is True  # compiled and run once
+    after = dict(trainer.model.named_buffers())
+    for name, b in before.items():
+        assert torch.equal(b, after[name]), name  # the trial's batch-norm update was put back
+    assert all(p.grad is None for p in trainer.model.parameters())
+
+
+def test_compile_that_fails_falls_back_when_automatic_and_stops_when_asked(npz, tmp_path, monkeypatch, capsys):
+    _compile_with(monkeypatch, _no_c_compiler)
+    failed = r"torch.compile failed \(RuntimeError: Failed to find C compiler"
+    with pytest.raises(ConvaeError, match=failed + r".*--compile false"):
+        train(_config(npz, tmp_path, "asked", compile=True))
+    assert not (tmp_path / "asked").exists()
+    # What a GPU would choose on its own (reduce-overhead), failing the same way: eager, with a warning.
+    monkeypatch.setattr(Trainer, "_speed_settings", lambda self, images: (False, False, "reduce-overhead"))
+    result = train(_config(npz, tmp_path, "auto", epochs=1, quiet=False))
+    assert "warning: torch.compile failed (RuntimeError: Failed to find C compiler" in capsys.readouterr().err
+    assert json.loads((tmp_path / "auto" / "config.json").read_text())["compile"] is False
+    assert result["epochs"] == 1
+
+
+def test_compiled_steps_see_one_batch_shape(npz, tmp_path, monkeypatch):
+    _compile_with(monkeypatch, "eager")
     sizes = {}
     for compile_ in (False, "reduce-overhead"):
         config = _config(npz, tmp_path, compile=compile_, batch_size=20)

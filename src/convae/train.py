@@ -195,6 +195,13 @@ def _can_compile_for(device: torch.device) -> bool:
     return has_triton() and torch.cuda.get_device_capability(device) >= (7, 0)
 
 
+def _first_line(err: BaseException) -> str:
+    """``Type: first line`` of an error; for Dynamo's wrapper, of the backend's own error."""
+    inner = getattr(err, "inner_exception", None) or err
+    lines = [line.strip() for line in str(inner).splitlines() if line.strip()]
+    return f"{type(inner).__name__}: {lines[0]}" if lines else type(inner).__name__
+
+
 def epoch_seeds(seed: int, epoch: int, rank: int = 0) -> tuple[int, int]:
     """(shuffle seed, per-process seed) of an epoch.
 
@@ -332,13 +339,8 @@ class Trainer:
         self.batch = min(config.batch_size, n)
         if self.batch % world:
             raise ConvaeError(f"batch size {self.batch} does not split evenly over {world} processes")
+        automatic_compile = config.compile is None
         self.channels_last, self.amp, self.compile = self._speed_settings(sample.ndim == 4)
-        # Recorded in the config, so a resumed run computes exactly as before.
-        config.channels_last, config.amp, config.compile = self.channels_last, self.amp, self.compile
-        # Drop a last batch smaller than 2 samples per process (batch norm cannot train on one),
-        # and any smaller last batch when compiling: a second shape would compile and capture again.
-        partial = n % self.batch >= 2 * world and not self.compile
-        self.steps_per_epoch = n // self.batch + (1 if partial else 0)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if config.sync_bn and world > 1:
@@ -355,7 +357,13 @@ class Trainer:
 
             self.net = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
         if self.compile:
-            self.net = torch.compile(self.net, mode="default" if self.compile is True else self.compile)
+            self.net = self._compiled_or_eager(self.net, automatic_compile)
+        # Recorded in the config, so a resumed run computes exactly as before.
+        config.channels_last, config.amp, config.compile = self.channels_last, self.amp, self.compile
+        # Drop a last batch smaller than 2 samples per process (batch norm cannot train on one),
+        # and any smaller last batch when compiling: a second shape would compile and capture again.
+        partial = n % self.batch >= 2 * world and not self.compile
+        self.steps_per_epoch = n // self.batch + (1 if partial else 0)
         self.optimizer, self.scheduler = _make_optimizer(
             config, self.model, config.epochs * self.steps_per_epoch, device
         )
@@ -391,6 +399,41 @@ class Trainer:
         else:
             compile_ = "reduce-overhead" if cuda and self.dist.world == 1 and _can_compile_for(self.device) else False
         return channels_last, amp, compile_
+
+    def _compiled_or_eager(self, net: nn.Module, automatic: bool) -> nn.Module:
+        """``net`` compiled, once a forward and backward pass has built its kernels; else ``net``.
+
+        torch.compile builds kernels at the first call, where a missing C compiler,
+        a Triton that does not match the GPU or an operator inductor lacks fails.
+        Trying one training batch here, before anything is written, lets the
+        automatic choice fall back to eager with a warning, and an explicit
+        ``--compile`` stop with one line instead of a traceback mid-epoch. The
+        pass's batch-norm statistics and gradients are put back.
+        """
+        compiled = torch.compile(net, mode="default" if self.compile is True else self.compile)
+        saved = {name: b.clone() for name, b in self.model.named_buffers()}
+        noisy, clean = self._prepare_batch(self._rows(self._shard(self.train_idx[: self.batch])), None)
+        was_training = self.model.training
+        self.model.train()
+        try:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                out = compiled(noisy)
+            self.loss_fn(out.float(), clean).backward()
+        except Exception as err:
+            reason = f"torch.compile failed ({_first_line(err)})"
+            if not automatic:
+                raise ConvaeError(f"{reason}; train with --compile false") from None
+            self._log(f"warning: {reason}; training without it")
+            self.compile = False
+            return net
+        finally:
+            with torch.no_grad():
+                for name, b in self.model.named_buffers():
+                    b.copy_(saved[name])
+            for p in self.model.parameters():
+                p.grad = None
+            self.model.train(was_training)
+        return compiled
 
     def _prepare_batch(
         self, raw: Tensor, generator: torch.Generator | None, augment: bool = False

@@ -58,7 +58,7 @@ lane() { # name, then quality.py arguments; each run in a directory of its own
 QCAP=$(cap 600)
 if [ "$QLANES" -gt 1 ]; then
     # Shifts of one pixel closed most of fmnist-64-res's training/test gap on the CPU (RESULTS.md),
-    # leaving it short of epochs: codes 32 and 64 with them, trained twice as long (two lanes of
+    # so longer training may now pay: codes 32 and 64 with them, trained twice as long (two lanes of
     # 60 epochs are the GPU work of the four 30-epoch lanes this step used to run).
     lane res32-shift1-60ep --presets fmnist-32-res --set augment=flip+shift:1 epochs=60 histograms=false &
     lane res64-60ep --presets fmnist-64-res --set epochs=60 histograms=false &

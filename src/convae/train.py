@@ -416,9 +416,7 @@ class Trainer:
         was_training = self.model.training
         self.model.train()
         try:
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                out = compiled(noisy)
-            self.loss_fn(out.float(), clean).backward()
+            self._loss(compiled, noisy, clean).backward()
         except Exception as err:
             reason = f"torch.compile failed ({_first_line(err)})"
             if not automatic:
@@ -434,6 +432,12 @@ class Trainer:
                 p.grad = None
             self.model.train(was_training)
         return compiled
+
+    def _loss(self, net: nn.Module, noisy: Tensor, clean: Tensor) -> Tensor:
+        """A training step's loss: the forward pass under bf16 autocast when on, the loss in float32."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            out = net(noisy)
+        return self.loss_fn(out.float(), clean)
 
     def _prepare_batch(
         self, raw: Tensor, generator: torch.Generator | None, augment: bool = False
@@ -539,9 +543,7 @@ class Trainer:
                 for i in range(self.steps_per_epoch):
                     batch = order[i * self.batch : (i + 1) * self.batch]
                     noisy, clean = self._prepare_batch(self._rows(self._shard(batch)), generator, augment=True)
-                    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                        out = self.net(noisy)
-                    loss = self.loss_fn(out.float(), clean)
+                    loss = self._loss(self.net, noisy, clean)
                     self.optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     if config.clip_grad:

@@ -84,9 +84,10 @@ register(
     Preset(
         "fmnist-32-wide",
         f"{_WIDE} dense(32)",
-        "the default's design with 64-128-256 channels, 30 epochs: "
+        "the default's design with 64-128-256 channels, 30 epochs, flips and shifts of up to one pixel: "
         "the best at code 32 that a CPU trains in half an hour",
-        {"epochs": 30, **_RECIPE},
+        # The shifts: 0.00575 against 0.00591, and validation loss no longer above training loss.
+        {"epochs": 30, **_RECIPE, "augment": "flip+shift:1"},
     )
 )
 register(

@@ -263,7 +263,7 @@ def test_compile_that_fails_falls_back_when_automatic_and_stops_when_asked(npz, 
     assert not (tmp_path / "asked").exists()
     # What a GPU would choose on its own (reduce-overhead), failing the same way: eager, with a warning.
     monkeypatch.setattr(Trainer, "_speed_settings", lambda self, images: (False, False, "reduce-overhead"))
-    result = train(_config(npz, tmp_path, "auto", epochs=1, quiet=False))
+    result = train(_config(npz, tmp_path, "auto", epochs=1))  # quiet: progress silenced, warnings not
     assert "warning: torch.compile failed (RuntimeError: Failed to find C compiler" in capsys.readouterr().err
     assert json.loads((tmp_path / "auto" / "config.json").read_text())["compile"] is False
     assert result["epochs"] == 1

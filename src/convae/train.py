@@ -421,7 +421,7 @@ class Trainer:
             reason = f"torch.compile failed ({_first_line(err)})"
             if not automatic:
                 raise ConvaeError(f"{reason}; train with --compile false") from None
-            self._log(f"warning: {reason}; training without it")
+            self._warn(f"{reason}; training without it")
             self.compile = False
             return net
         finally:
@@ -511,6 +511,11 @@ class Trainer:
     def _log(self, message: str) -> None:
         if not self.config.quiet and self.dist.main:
             print(message, file=sys.stderr, flush=True)
+
+    def _warn(self, message: str) -> None:
+        # --quiet silences progress, not what the user should act on.
+        if self.dist.main:
+            print(f"warning: {message}", file=sys.stderr, flush=True)
 
     # -- the loop ------------------------------------------------------------------------------
     def fit(self, on_step: Callable[[int], None] | None = None) -> None:
@@ -626,8 +631,8 @@ class Trainer:
             return
         gap = abs(val_train_mode["loss"] - val["loss"]) / max(val["loss"], 1e-12)
         if gap > 0.5 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules()):
-            self._log(
-                f"warning: validation loss in eval mode ({val['loss']:.4g}) and train mode "
+            self._warn(
+                f"validation loss in eval mode ({val['loss']:.4g}) and train mode "
                 f"({val_train_mode['loss']:.4g}) differ by {gap:.0%}: batch-norm running statistics lag the weights"
             )
         self.summaries.scalars(

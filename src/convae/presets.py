@@ -108,7 +108,7 @@ register(
     )
 )
 # The best at codes 32 (measured on a GPU), 16 and 64 (on a CPU): benchmarks/RESULTS.md.
-# About 5.5x the wide design's FLOPs: an hour and a half on a 2-core CPU.
+# About 5.5x the wide design's FLOPs: an hour and a half per 30 epochs on a 2-core CPU.
 _RES = (
     "conv(64,3,stride=2) bn gelu res(3,act=gelu) conv(128,3,stride=2) bn gelu res(3,act=gelu) "
     "conv(256,3,stride=2) bn gelu res(3,act=gelu) dense(512) bn gelu"

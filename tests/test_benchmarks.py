@@ -2,6 +2,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from convae.train import resolve_config, train
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -42,3 +44,31 @@ def test_probe_objectives_refuses_bad_arguments_in_one_line():
     for args in (["--batch", "0"], ["--arch", "fmnist-99"], ["--data", "nope"]):
         result = _run("probe_objectives.py", "--data", "digits", *args)
         assert result.returncode == 2 and "error:" in result.stderr and "Traceback" not in result.stderr, args
+
+
+def test_probe_layers_probes_the_input_every_block_and_the_code(tmp_path):
+    config = resolve_config(
+        dict(
+            data="digits", arch="conv(8,3,stride=2) bn relu res(3) dense(6)", epochs=1, batch_size=64, val_fraction=0.2
+        )
+    )
+    config.out, config.quiet, config.histograms = str(tmp_path / "run"), True, False
+    train(config)
+    result = _run("probe_layers.py", str(tmp_path / "run"), "--threads", "1")
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines()[:-1]]
+    assert [r[0] for r in rows] == ["0", "1", "2", "3"]
+    assert [r[1] for r in rows] == ["64-d", "128-d", "128-d", "6-d"]  # 8x8 digits, 8 channels at 4x4, the code
+    assert rows[1][4:] == ["conv(8,3,stride=2)", "bn", "relu"] and rows[-1][-2:] == ["(the", "code)"]
+    assert all(0 < float(r[3]) <= 1 for r in rows)
+
+    only_code = _run("probe_layers.py", str(tmp_path / "run"), "--threads", "1", "--layers", "3")
+    assert [line.split()[0] for line in only_code.stdout.splitlines()[:-1]] == ["3"]
+    for bad in ("4", "x", "-1"):
+        refused = _run("probe_layers.py", str(tmp_path / "run"), "--layers", bad)
+        assert refused.returncode == 2 and "--layers" in refused.stderr and "Traceback" not in refused.stderr, bad
+
+
+def test_probe_layers_refuses_a_missing_run_in_one_line(tmp_path):
+    result = _run("probe_layers.py", str(tmp_path / "nothing"))
+    assert result.returncode == 2 and "error:" in result.stderr and "Traceback" not in result.stderr

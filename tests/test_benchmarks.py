@@ -64,6 +64,10 @@ def test_probe_layers_probes_the_input_every_block_and_the_code(tmp_path):
 
     only_code = _run("probe_layers.py", str(tmp_path / "run"), "--threads", "1", "--layers", "3")
     assert [line.split()[0] for line in only_code.stdout.splitlines()[:-1]] == ["3"]
+    with_pca = _run("probe_layers.py", str(tmp_path / "run"), "--threads", "1", "--layers", "1", "--pca", "4")
+    rows = [line.split() for line in with_pca.stdout.splitlines()[:-1]]
+    assert [r[:2] for r in rows] == [["1", "128-d"], ["1", "4-d"]] and rows[1][4:] == ["PCA-4", "of", "it"]
+    assert 0 < float(rows[1][3]) <= 1
     for bad in ("4", "x", "-1"):
         refused = _run("probe_layers.py", str(tmp_path / "run"), "--layers", bad)
         assert refused.returncode == 2 and "--layers" in refused.stderr and "Traceback" not in refused.stderr, bad

@@ -55,7 +55,11 @@ def main() -> None:
         "--layers", default=None, help="comma-separated positions to probe (default all; 0 is the input)"
     )
     parser.add_argument(
-        "--pca", type=int, default=None, metavar="K", help="also probe each layer's top K principal components"
+        "--pca",
+        type=int,
+        default=None,
+        metavar="K",
+        help="also probe the top K principal components of each layer wider than K",
     )
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
@@ -91,7 +95,7 @@ def main() -> None:
         fit, held_out = features(run, x_fit, i), features(run, x_eval, i)
         accuracy = evaluate.linear_probe(fit, y_fit, held_out, y_eval)
         print(f"{i:>2}  {fit.shape[1]:>6}-d  probe {accuracy:.4f}  {names[i]}", flush=True)
-        if args.pca is not None and args.pca < fit.shape[1]:
+        if args.pca is not None and args.pca < min(fit.shape):  # PCA needs more samples and features than K
             pca = PCA(args.pca, random_state=0).fit(fit)
             accuracy = evaluate.linear_probe(pca.transform(fit), y_fit, pca.transform(held_out), y_eval)
             print(f"{i:>2}  {args.pca:>6}-d  probe {accuracy:.4f}  PCA-{args.pca} of it", flush=True)

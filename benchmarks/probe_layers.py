@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from convae import evaluate
 from convae.errors import ConvaeError
-from convae.spec import describe
+from convae.spec import describe_block
 
 
 @torch.no_grad()
@@ -76,13 +76,9 @@ def main() -> None:
         parser.error(str(err))
     if y_fit is None or y_eval is None:
         parser.error(f"{run.config.data} has no labels: the probe needs them")
-    if len(x_fit) > args.max_fit:  # the subset `convae evaluate` fits on
-        keep = np.sort(np.random.default_rng(0).choice(len(x_fit), args.max_fit, replace=False))
-        x_fit, y_fit = x_fit[keep], y_fit[keep]
+    x_fit, y_fit = evaluate.fit_subset(x_fit, y_fit, args.max_fit)  # the subset `convae evaluate` fits on
 
-    names = ["input"] + [
-        " ".join([describe(block.spec.layer), *(describe(p) for p in block.spec.post)]) for block in run.model.encoder
-    ]
+    names = ["input"] + [describe_block(block) for block in run.model.blocks]
     names[-1] += "  (the code)"
     try:
         wanted = range(len(names)) if args.layers is None else sorted({int(i) for i in args.layers.split(",")})

@@ -99,6 +99,14 @@ def _take(y: np.ndarray | None, idx: np.ndarray) -> np.ndarray | None:
     return None if y is None else y[idx]
 
 
+def fit_subset(x: np.ndarray, y: np.ndarray | None, max_fit: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """At most ``max_fit`` of the samples PCA and the probe fit on: a random subset, the same for every call."""
+    if len(x) <= max_fit:
+        return x, y
+    keep = np.sort(np.random.default_rng(0).choice(len(x), max_fit, replace=False))
+    return x[keep], _take(y, keep)
+
+
 def load_dataset(source: str, cfg: TrainConfig) -> Dataset:
     """A dataset as the run saw it: same loading options, the same classes left out of training."""
     dataset = datasets.load(source, data_dir=cfg.data_dir, channels=cfg.channels, image_size=cfg.image_size)
@@ -192,9 +200,7 @@ def evaluate(
         raise ConvaeError(
             f"the run's model takes inputs shaped {run.model.input_shape}, the data has {tuple(x_eval.shape[1:])}"
         )
-    if len(x_fit) > max_fit:
-        keep = np.sort(np.random.default_rng(0).choice(len(x_fit), max_fit, replace=False))
-        x_fit, y_fit = x_fit[keep], _take(y_fit, keep)
+    x_fit, y_fit = fit_subset(x_fit, y_fit, max_fit)
     data_range = float(x_fit.max() - x_fit.min()) or 1.0
     code_size = int(np.prod(run.model.code_shape))
 

@@ -34,6 +34,7 @@ from convae.spec import (
     WeightLayer,
     canonical,
     describe,
+    describe_block,
     infer_shapes,
     parse,
     to_blocks,
@@ -206,8 +207,7 @@ class AutoEncoder(nn.Module):
         """A table of encoder and decoder blocks with output shapes and parameter counts."""
         rows: list[tuple[str, str, str, str]] = []
         for i, (block, module) in enumerate(zip(self.blocks, self.encoder)):
-            text = " ".join(describe(x) for x in (block.layer, *block.post))
-            rows.append((f"E{i + 1}", text, str(self.shapes[i + 1]), f"{_count(module):,}"))
+            rows.append((f"E{i + 1}", describe_block(block), str(self.shapes[i + 1]), f"{_count(module):,}"))
         for i, module in enumerate(self.decoder):
             j = len(self.decoder) - 1 - i
             post = " ".join(_post_name(m) for m in module.post)

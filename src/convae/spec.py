@@ -418,6 +418,11 @@ def describe(layer: LayerSpec) -> str:
     return layer.name
 
 
+def describe_block(block: Block) -> str:
+    """The canonical text of a block: its weight layer, then the layers after it."""
+    return " ".join(describe(layer) for layer in (block.layer, *block.post))
+
+
 def canonical(arch: str | Sequence[str | dict]) -> str:
     """Normalise an architecture to its canonical string."""
     return " ".join(describe(layer) for layer in parse(arch))

@@ -39,8 +39,7 @@ from convae.spec import describe_block
 def features(run: evaluate.Run, x: np.ndarray, position: int, batch_size: int = 1000) -> np.ndarray:
     """Each sample's features at ``position``, flattened: 0 the normalised input, i the i-th encoder block's output."""
     out = []
-    for batch in torch.as_tensor(x).split(batch_size):
-        h = run.normalizer.transform(batch.to(run.device))
+    for h in run._batches(x, batch_size):  # normalised on the run's device, as Run.encode feeds the model
         for block in run.model.encoder[:position]:
             h, _ = block(h)
         out.append(h.flatten(1).float().cpu().numpy())

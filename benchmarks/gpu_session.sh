@@ -58,9 +58,9 @@ lane() { # name, then quality.py arguments; each run in a directory of its own
 QCAP=$(cap 600)
 if [ "$QLANES" -gt 1 ]; then
     # The code-32 and code-64 targets are met by thin margins on the CPU (RESULTS.md): a second seed
-    # of fmnist-32-res as registered, and fmnist-64-res's seed 1 with 55 epochs instead of 45.
+    # of fmnist-32-res as registered, and fmnist-64-res's seed 0 with 55 epochs (seed 1 at 55: RESULTS.md).
     lane res32-seed1 --presets fmnist-32-res --set seed=1 histograms=false &
-    lane res64-55ep-seed1 --presets fmnist-64-res --set epochs=55 seed=1 histograms=false &
+    lane res64-55ep-seed0 --presets fmnist-64-res --set epochs=55 seed=0 histograms=false &
 else
     lane wide32-preset --presets fmnist-32-wide --set histograms=false &
 fi

@@ -57,7 +57,7 @@ lane() { # name, then quality.py arguments; each run in a directory of its own
 }
 QCAP=$(cap 600)
 if [ "$QLANES" -gt 1 ]; then
-    # The code-32 target is met by a thin margin on the CPU, code 64 by 1-2 % on two seeds (RESULTS.md):
+    # The code-32 target is met by a thin margin on the CPU, code 64 by about 2 % on two seeds (RESULTS.md):
     # a second seed of fmnist-32-res and a third of fmnist-64-res, each as registered.
     lane res32-seed1 --presets fmnist-32-res --set seed=1 histograms=false &
     lane res64-seed2 --presets fmnist-64-res --set seed=2 histograms=false &

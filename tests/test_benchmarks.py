@@ -2,6 +2,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from convae.train import resolve_config, train
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -25,18 +27,29 @@ def test_cpu_variants_rejects_an_unknown_arch():
     assert result.returncode == 2 and "preset" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_probe_objectives_trains_with_a_code_term_and_reports_the_probe():
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--objective", "contrastive", "--augment", "shift:1", "--head", "8"],
+        ["--objective", "acai", "--weight", "0.5"],
+        ["--augment", "shift:1", "--target", "clean", "--loss", "bce", "--edges", "1", "--code-noise", "0.1"],
+    ],
+)
+def test_probe_objectives_trains_and_reports_the_probe(extra):
     args = ["--data", "digits", "--arch", "small", "--epochs", "1", "--batch", "64", "--threads", "1"]
-    result = _run("probe_objectives.py", *args, "--objective", "contrastive", "--augment", "shift:1")
+    result = _run("probe_objectives.py", *args, *extra)
     assert result.returncode == 0, result.stderr
     *_, last = result.stdout.splitlines()
     fields = last.split()
-    assert fields[:2] == ["objective", "contrastive"]
+    assert fields[:2] == ["objective", extra[1] if extra[0] == "--objective" else "none"]
+    if "acai" in extra:  # the critic's term is reported each epoch
+        assert float(result.stdout.split("code term ")[1].split()[0]) > 0
     assert float(fields[fields.index("MSE") + 1]) > 0 and 0 < float(fields[fields.index("probe") + 1]) <= 1
 
 
-def test_probe_objectives_needs_two_views_for_a_code_term():
-    result = _run("probe_objectives.py", "--data", "digits", "--objective", "invariance")
+@pytest.mark.parametrize("args", [["--objective", "invariance"], ["--target", "clean"]])
+def test_probe_objectives_needs_augmented_views(args):
+    result = _run("probe_objectives.py", "--data", "digits", *args)
     assert result.returncode == 2 and "--augment" in result.stderr and "Traceback" not in result.stderr
 
 

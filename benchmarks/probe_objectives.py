@@ -22,8 +22,9 @@ reconstruction loss ``weight`` times a term on the codes:
 The two-view objectives reconstruct both views, so a step sees twice the
 images. Other knobs: ``--target clean`` reconstructs the unaugmented image from
 one augmented view (the augmentation as a denoising autoencoder's noise, so the
-code need not keep the shift), ``--loss bce``, ``--edges W`` (an MSE on pixel
-differences), ``--code-noise S`` (gaussian noise on the codes in training).
+code need not keep the shift), ``--loss bce`` or ``l1`` (the trainer's losses),
+``--edges W`` (an MSE on pixel differences), ``--code-noise S`` (gaussian noise
+on the codes in training).
 
 Prints the test MSE and the accuracy of `convae.evaluate.linear_probe` (a
 logistic regression on standardised codes) fitted on the codes of the first
@@ -52,6 +53,7 @@ from convae.data import load, split_validation
 from convae.errors import ConvaeError
 from convae.evaluate import linear_probe
 from convae.preprocess import Augment
+from convae.train import LOSSES, _loss_fn
 
 OBJECTIVES = ("none", "invariance", "contrastive", "acai")
 TWO_VIEWS = ("invariance", "contrastive")
@@ -72,8 +74,7 @@ def code_term(objective: str, z1: torch.Tensor, z2: torch.Tensor, tau: float) ->
 
 
 def reconstruction(kind: str, out: torch.Tensor, target: torch.Tensor, edges: float) -> torch.Tensor:
-    # bce's clamp keeps log() finite where the sigmoid output rounds to 0 or 1 in bf16
-    loss = F.binary_cross_entropy(out.clamp(1e-6, 1 - 1e-6), target) if kind == "bce" else F.mse_loss(out, target)
+    loss = _loss_fn(kind)(out, target)  # the trainer's own losses
     if edges:
         for dim in range(2, out.dim()):  # differences along each spatial axis: the edges a class is told by
             loss = loss + edges * F.mse_loss(out.diff(dim=dim), target.diff(dim=dim))
@@ -100,7 +101,7 @@ def main() -> None:
         help="reconstruct the augmented view (default) or the unaugmented image: the augmentation as the noise "
         "of a denoising autoencoder",
     )
-    parser.add_argument("--loss", choices=("mse", "bce"), default="mse", help="reconstruction loss (default mse)")
+    parser.add_argument("--loss", choices=LOSSES, default="mse", help="reconstruction loss (default mse)")
     parser.add_argument(
         "--edges",
         type=float,
@@ -169,6 +170,11 @@ def main() -> None:
     if args.objective == "acai":  # the critic: the encoder's layers, its score the mean of its code
         critic = convae.build(spec, x.shape[1:]).to(memory_format=torch.channels_last)
         critic_optimizer = torch.optim.Adam(critic.parameters(), lr=1e-3)
+
+        def critic_score(images: torch.Tensor) -> torch.Tensor:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return critic._encode(images)[0].float().flatten(1).mean(1)
+
     started = time.perf_counter()
     for epoch in range(args.epochs):
         model.train()
@@ -197,7 +203,7 @@ def main() -> None:
                 alpha = 0.5 * torch.rand(len(z), 1, generator=generator)
                 with torch.autocast("cpu", dtype=torch.bfloat16):
                     mixed = model._decode(alpha * z + (1 - alpha) * z.roll(1, 0), sizes, switches)
-                    term = critic._encode(mixed)[0].float().flatten(1).mean(1).pow(2).mean()
+                term = critic_score(mixed).pow(2).mean()
                 loss = loss + args.weight * term
                 term_total += float(term.detach())
             if two_views:
@@ -211,8 +217,7 @@ def main() -> None:
             total += float(loss.detach())
             if args.objective == "acai":
                 blend = 0.2 * batch + 0.8 * out.detach()  # a realistic reconstruction the critic should score 0
-                with torch.autocast("cpu", dtype=torch.bfloat16):
-                    scores = critic._encode(torch.cat([mixed.detach(), blend]))[0].float().flatten(1).mean(1)
+                scores = critic_score(torch.cat([mixed.detach(), blend]))
                 critic_loss = (scores[: len(z)] - alpha.squeeze(1)).pow(2).mean() + scores[len(z) :].pow(2).mean()
                 critic_optimizer.zero_grad()
                 critic_loss.backward()

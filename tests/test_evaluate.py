@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -179,6 +181,15 @@ def test_export_cli_all_parts(run_dir, tmp_path, capsys):
     assert main(["export", str(run_dir), "--format", "torchscript", "--out", str(tmp_path / "m.pt")]) == 0
     scripted = torch.jit.load(str(tmp_path / "m.pt"))
     assert torch.allclose(scripted(x), run.model(x), atol=1e-5)
+
+
+def test_onnx_export_prints_only_what_it_wrote(run_dir, tmp_path):
+    # A fresh process: PyTorch's exporter logs its warnings (torchvision ops it skips) once per process.
+    out = tmp_path / "m.onnx"
+    command = [sys.executable, "-m", "convae", "export", str(run_dir), "--out", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and out.exists(), result.stderr
+    assert result.stderr == "" and result.stdout.startswith(f"autoencoder: {out}")
 
 
 def test_denoising_run_reports_denoised_mse(tmp_path):

@@ -8,6 +8,7 @@ is computed from the input's shape inside the graph).
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 
@@ -81,7 +82,11 @@ def _export_onnx(module: nn.Module, example: Tensor, path: Path, spatial_dynamic
         for axis in range(2, example.dim()):
             shapes[axis] = torch.export.Dim.AUTO
     tmp = path.with_name(f".{path.name}.tmp")
+    # The exporter logs a warning per torchvision op it skips when torchvision is absent (convae never uses them).
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
     try:
+        exporter_log.setLevel(logging.ERROR)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
@@ -95,3 +100,5 @@ def _export_onnx(module: nn.Module, example: Tensor, path: Path, spatial_dynamic
         tmp.unlink(missing_ok=True)
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConvaeError(f"this model cannot be exported to ONNX: {first[:300]}") from None
+    finally:
+        exporter_log.setLevel(level)

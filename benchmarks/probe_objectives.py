@@ -5,6 +5,8 @@
     python benchmarks/probe_objectives.py --objective contrastive --weight 0.1 --head 64 --augment flip+shift:3
     python benchmarks/probe_objectives.py --objective acai --weight 0.5
     python benchmarks/probe_objectives.py --augment shift:1 --target clean      # the shift as noise
+    python benchmarks/probe_objectives.py --mask 0.5                            # masked patches as noise
+    python benchmarks/probe_objectives.py --objective idec --weight 0.1 --clusters 10
 
 Trains the default preset's layers (``fmnist-32``) with AdamW (weight decay
 0.01) and a one-cycle schedule, bf16 autocast, batch 128, and adds to the
@@ -17,14 +19,28 @@ reconstruction loss ``weight`` times a term on the codes:
   negatives; with ``--head N`` on an MLP projection of the codes, as SimCLR;
 - ``acai``: the adversarially constrained interpolation of Berthelot et al.
   (2019): a critic (the encoder's layers) learns the mixing coefficient of
-  decodings of mixed codes, and the autoencoder is trained to fool it.
+  decodings of mixed codes, and the autoencoder is trained to fool it;
+- ``l1``: the mean absolute code (sparse codes); ``uniformity``: Wang and
+  Isola's (2020) log mean Gaussian potential of the normalised codes, which
+  spreads them over the sphere;
+- ``rotation``: RotNet's pretext task (Gidaris et al., 2018): each input is
+  turned by a random multiple of 90 degrees, and an MLP on its code
+  (code -> 256 -> 4) is trained to tell which (cross-entropy);
+- ``idec``: after ``--epochs`` of MSE alone, ``--idec-epochs`` more with
+  IDEC's clustering term (Guo et al., 2017): k-means centres of the codes
+  (``--clusters``) and the KL divergence from the sharpened soft assignments
+  to them, refreshed each epoch.
 
 The two-view objectives reconstruct both views, so a step sees twice the
-images. Other knobs: ``--target clean`` reconstructs the unaugmented image from
-one augmented view (the augmentation as a denoising autoencoder's noise, so the
+images; ``--crop S`` makes the views random resized crops (area S to 1,
+aspect 3/4 to 4/3, and flips; 2-D inputs) instead of ``--augment``. Other
+knobs: ``--target clean`` reconstructs the unaugmented image from one
+augmented view (the augmentation as a denoising autoencoder's noise, so the
 code need not keep the shift), ``--loss bce`` or ``l1`` (the trainer's losses),
 ``--edges W`` (an MSE on pixel differences), ``--code-noise S`` (gaussian noise
-on the codes in training).
+on the codes in training), ``--mask R`` (hide a fraction R of the 4x4 patches
+of each input and reconstruct them all: masked-image modelling as a denoising
+autoencoder's noise).
 
 Prints the test MSE and the accuracy of `convae.evaluate.linear_probe` (a
 logistic regression on standardised codes) fitted on the codes of the first
@@ -55,8 +71,9 @@ from convae.evaluate import linear_probe
 from convae.preprocess import Augment
 from convae.train import LOSSES, _loss_fn
 
-OBJECTIVES = ("none", "invariance", "contrastive", "acai")
+OBJECTIVES = ("none", "invariance", "contrastive", "acai", "l1", "uniformity", "idec", "rotation")
 TWO_VIEWS = ("invariance", "contrastive")
+PENALTIES = ("l1", "uniformity")
 
 
 def code_term(objective: str, z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tensor:
@@ -71,6 +88,77 @@ def code_term(objective: str, z1: torch.Tensor, z2: torch.Tensor, tau: float) ->
     sim = (z @ z.T / tau).fill_diagonal_(float("-inf"))  # a sample is not its own positive
     positives = torch.cat([torch.arange(n, 2 * n), torch.arange(n)])
     return F.cross_entropy(sim, positives)
+
+
+def code_penalty(objective: str, z: torch.Tensor) -> torch.Tensor:
+    z = z.float().flatten(1)
+    if objective == "l1":
+        return z.abs().mean()
+    return torch.pdist(F.normalize(z, dim=1)).pow(2).mul(-2).exp().mean().log()  # uniformity, t = 2
+
+
+def resized_crop(x: torch.Tensor, min_area: float, generator: torch.Generator) -> torch.Tensor:
+    """SimCLR's view of 2-D images: a random crop (area min_area..1, aspect 3/4..4/3) resized back, maybe flipped."""
+    n = len(x)
+    area = min_area + (1 - min_area) * torch.rand(n, generator=generator)
+    aspect = ((torch.rand(n, generator=generator) * 2 - 1) * math.log(4 / 3)).exp()
+    width, height = (area * aspect).sqrt().clamp(max=1), (area / aspect).sqrt().clamp(max=1)
+    theta = torch.zeros(n, 2, 3)  # output -> input coordinates in [-1, 1]: a scale, an offset and a flip
+    theta[:, 0, 2] = (torch.rand(n, generator=generator) * 2 - 1) * (1 - width)
+    theta[:, 1, 2] = (torch.rand(n, generator=generator) * 2 - 1) * (1 - height)
+    flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
+    theta[:, 0, 0], theta[:, 1, 1] = width * flip, height
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, align_corners=False)
+
+
+def mask_patches(x: torch.Tensor, fraction: float, patch: int, generator: torch.Generator) -> torch.Tensor:
+    """Zero a random fraction of the patch x patch squares of each 2-D image, each image its own."""
+    height, width = x.shape[-2:]
+    grid = (len(x), 1, -(-height // patch), -(-width // patch))
+    keep = (torch.rand(grid, generator=generator) >= fraction).to(x.dtype)
+    return x * keep.repeat_interleave(patch, 2).repeat_interleave(patch, 3)[..., :height, :width]
+
+
+def idec_finetune(model, x, args, generator: torch.Generator) -> None:
+    """IDEC (Guo et al., 2017): MSE plus args.weight times KL(P || Q), Q the Student-t soft assignments of the
+    codes to k-means centres, P their sharpened square refreshed at each epoch."""
+    from sklearn.cluster import KMeans
+
+    def codes() -> torch.Tensor:
+        model.eval()
+        with torch.no_grad():
+            return torch.cat([model.encode(c) for c in x.split(1000)]).flatten(1)
+
+    kmeans = KMeans(args.clusters, n_init=4, random_state=args.seed).fit(codes()[:20000].numpy())
+    centres = torch.nn.Parameter(torch.as_tensor(kmeans.cluster_centers_, dtype=torch.float32))
+    optimizer = torch.optim.Adam([*model.parameters(), centres], lr=1e-4)
+
+    def assignments(z: torch.Tensor) -> torch.Tensor:
+        q = 1 / (1 + torch.cdist(z, centres).pow(2))
+        return q / q.sum(1, keepdim=True)
+
+    steps = len(x) // args.batch
+    for epoch in range(args.idec_epochs):
+        with torch.no_grad():
+            q = assignments(codes())
+            p = q.pow(2) / q.sum(0)
+            p = p / p.sum(1, keepdim=True)
+        model.train()
+        order = torch.randperm(len(x), generator=generator)
+        total = kl_total = 0.0
+        for i in range(steps):
+            index = order[i * args.batch : (i + 1) * args.batch]
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                z, sizes, switches = model._encode(x[index].contiguous(memory_format=torch.channels_last))
+                out = model._decode(z, sizes, switches)
+            mse = F.mse_loss(out.float(), x[index])
+            kl = F.kl_div(assignments(z.float().flatten(1)).log(), p[index], reduction="batchmean")
+            optimizer.zero_grad()
+            (mse + args.weight * kl).backward()
+            optimizer.step()
+            total, kl_total = total + float(mse.detach()), kl_total + float(kl.detach())
+        print(f"idec epoch {epoch + 1}  loss {total / steps:.5f}  kl {kl_total / steps:.4f}", flush=True)
 
 
 def reconstruction(kind: str, out: torch.Tensor, target: torch.Tensor, edges: float) -> torch.Tensor:
@@ -114,6 +202,17 @@ def main() -> None:
         default=0.0,
         help="gaussian noise on the codes in training, in units of each code's batch standard deviation (default 0)",
     )
+    parser.add_argument(
+        "--crop",
+        type=float,
+        default=0.0,
+        help="make the two views random resized crops of area CROP..1, and flips, instead of --augment (default 0)",
+    )
+    parser.add_argument(
+        "--mask", type=float, default=0.0, help="hide this fraction of each input's 4x4 patches (default 0)"
+    )
+    parser.add_argument("--clusters", type=int, default=10, help="k-means centres for idec (default 10)")
+    parser.add_argument("--idec-epochs", type=int, default=3, help="epochs with idec's term (default 3)")
     parser.add_argument("--arch", default=presets.DEFAULT_PRESET, help="a preset name or an architecture string")
     parser.add_argument("--data", default="fashion-mnist")
     parser.add_argument("--data-dir", default=None)
@@ -131,8 +230,14 @@ def main() -> None:
         parser.error(
             "--target clean reconstructs the unaugmented image of one augmented view: give --augment, no --objective"
         )
-    if args.objective in TWO_VIEWS and augment is None:
-        parser.error(f"--objective {args.objective} compares two augmented views: give --augment")
+    if args.objective in TWO_VIEWS and augment is None and not args.crop:
+        parser.error(f"--objective {args.objective} compares two augmented views: give --augment or --crop")
+    if args.crop and args.objective not in TWO_VIEWS:
+        parser.error("--crop makes the two views of --objective invariance or contrastive")
+    if not 0 <= args.crop < 1 or not 0 <= args.mask < 1:
+        parser.error("--crop and --mask take a fraction in [0, 1)")
+    if args.objective == "idec" and (args.clusters < 2 or args.idec_epochs < 1):
+        parser.error("idec needs --clusters >= 2 and --idec-epochs >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -141,6 +246,10 @@ def main() -> None:
         spec = presets.resolve(args.arch)
     except ConvaeError as err:
         parser.error(str(err))
+    if (args.crop or args.mask) and dataset.x_train.ndim != 4:
+        parser.error("--crop and --mask work on 2-D images")
+    if args.objective == "rotation" and (dataset.x_train.ndim != 4 or len(set(dataset.x_train.shape[2:])) != 1):
+        parser.error("--objective rotation turns square 2-D images")
     if dataset.y_train is None:
         parser.error(f"{args.data} has no labels: the probe needs them")
     x, y = torch.as_tensor(dataset.x_train[: args.samples]), dataset.y_train[: args.samples]
@@ -163,6 +272,8 @@ def main() -> None:
         if args.head
         else torch.nn.Identity()
     )
+    if args.objective == "rotation":
+        head = torch.nn.Sequential(torch.nn.Linear(code_size, 256), torch.nn.ReLU(), torch.nn.Linear(256, 4))
     optimizer = torch.optim.AdamW([*model.parameters(), *head.parameters()], lr=2e-3, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=args.epochs * steps_per_epoch)
     generator = torch.Generator().manual_seed(args.seed + 1)
@@ -182,13 +293,22 @@ def main() -> None:
         total = term_total = 0.0
         for i in range(steps_per_epoch):
             images = x[order[i * args.batch : (i + 1) * args.batch]]
-            if two_views:
+            if two_views and args.crop:
+                batch = torch.cat([resized_crop(images, args.crop, generator) for _ in range(2)])
+            elif two_views:
                 batch = torch.cat([augment.apply(images, 0.0, generator), augment.apply(images, 0.0, generator)])
             elif augment is not None:
                 batch = augment.apply(images, 0.0, generator)
             else:
                 batch = images
+            if args.objective == "rotation":
+                turns = torch.randint(0, 4, (len(batch),), generator=generator)
+                batch = batch.clone()
+                for k in range(1, 4):
+                    batch[turns == k] = batch[turns == k].rot90(k, (-2, -1))
             target = images if args.target == "clean" else batch
+            if args.mask:  # the noise of a denoising autoencoder: the target keeps the hidden patches
+                batch = mask_patches(batch, args.mask, 4, generator)
             batch = batch.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 z, sizes, switches = model._encode(batch)
@@ -197,6 +317,14 @@ def main() -> None:
                     z = z + args.code_noise * z.detach().float().std(0) * noise
                 out = model._decode(z, sizes, switches)
             loss = reconstruction(args.loss, out.float(), target, args.edges)
+            if args.objective == "rotation":
+                term = F.cross_entropy(head(z.float().flatten(1)), turns)
+                loss = loss + args.weight * term
+                term_total += float(term.detach())
+            if args.objective in PENALTIES:
+                term = code_penalty(args.objective, z)
+                loss = loss + args.weight * term
+                term_total += float(term.detach())
             if args.objective == "acai":
                 # ACAI (Berthelot et al., 2019): decode a mix of two codes and train the autoencoder to make the
                 # critic believe it is no mix (score 0); the critic learns to tell the mixing coefficient
@@ -227,6 +355,8 @@ def main() -> None:
             f"{time.perf_counter() - started:.0f} s",
             flush=True,
         )
+    if args.objective == "idec":
+        idec_finetune(model, x, args, generator)
     model.eval()
     with torch.no_grad():
         x_hat = torch.cat([model(c) for c in x_test.split(1000)])
@@ -237,7 +367,7 @@ def main() -> None:
     print(
         f"objective {args.objective}  weight {args.weight if args.objective != 'none' else 0}  "
         f"augment {augment or 'none'}  head {args.head}  target {args.target}  loss {args.loss}  edges {args.edges:g}  "
-        f"code noise {args.code_noise:g}  seed {args.seed}  "
+        f"code noise {args.code_noise:g}  crop {args.crop:g}  mask {args.mask:g}  seed {args.seed}  "
         f"epochs {args.epochs}  test MSE {mse:.5f}  probe {probe:.4f}  {time.perf_counter() - started:.0f} s"
     )
 

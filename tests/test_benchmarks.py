@@ -33,6 +33,11 @@ def test_cpu_variants_rejects_an_unknown_arch():
         ["--objective", "contrastive", "--augment", "shift:1", "--head", "8"],
         ["--objective", "acai", "--weight", "0.5"],
         ["--augment", "shift:1", "--target", "clean", "--loss", "bce", "--edges", "1", "--code-noise", "0.1"],
+        ["--objective", "invariance", "--crop", "0.3", "--mask", "0.5"],
+        ["--objective", "l1"],
+        ["--objective", "rotation", "--weight", "1"],
+        ["--objective", "uniformity"],
+        ["--objective", "idec", "--clusters", "3", "--idec-epochs", "1"],
     ],
 )
 def test_probe_objectives_trains_and_reports_the_probe(extra):
@@ -42,8 +47,10 @@ def test_probe_objectives_trains_and_reports_the_probe(extra):
     *_, last = result.stdout.splitlines()
     fields = last.split()
     assert fields[:2] == ["objective", extra[1] if extra[0] == "--objective" else "none"]
-    if "acai" in extra:  # the critic's term is reported each epoch
+    if {"acai", "l1", "rotation"} & set(extra):  # the term is reported each epoch
         assert float(result.stdout.split("code term ")[1].split()[0]) > 0
+    if "idec" in extra:  # the clustering epoch follows the MSE one
+        assert "idec epoch 1" in result.stdout and float(result.stdout.split(" kl ")[1].split()[0]) > 0
     assert float(fields[fields.index("MSE") + 1]) > 0 and 0 < float(fields[fields.index("probe") + 1]) <= 1
 
 
@@ -54,7 +61,14 @@ def test_probe_objectives_needs_augmented_views(args):
 
 
 def test_probe_objectives_refuses_bad_arguments_in_one_line():
-    for args in (["--batch", "0"], ["--arch", "fmnist-99"], ["--data", "nope"]):
+    for args in (
+        ["--batch", "0"],
+        ["--arch", "fmnist-99"],
+        ["--data", "nope"],
+        ["--crop", "0.3"],  # crops make two views: they need a two-view objective
+        ["--mask", "1"],
+        ["--objective", "idec", "--clusters", "1"],
+    ):
         result = _run("probe_objectives.py", "--data", "digits", *args)
         assert result.returncode == 2 and "error:" in result.stderr and "Traceback" not in result.stderr, args
 

@@ -120,7 +120,9 @@ def mask_patches(x: torch.Tensor, fraction: float, patch: int, generator: torch.
     return x * keep.repeat_interleave(patch, 2).repeat_interleave(patch, 3)[..., :height, :width]
 
 
-def idec_finetune(model, x, args, generator: torch.Generator) -> None:
+def idec_finetune(
+    model: convae.AutoEncoder, x: torch.Tensor, args: argparse.Namespace, generator: torch.Generator
+) -> None:
     """IDEC (Guo et al., 2017): MSE plus args.weight times KL(P || Q), Q the Student-t soft assignments of the
     codes to k-means centres, P their sharpened square refreshed at each epoch."""
     from sklearn.cluster import KMeans
@@ -317,27 +319,23 @@ def main() -> None:
                     z = z + args.code_noise * z.detach().float().std(0) * noise
                 out = model._decode(z, sizes, switches)
             loss = reconstruction(args.loss, out.float(), target, args.edges)
-            if args.objective == "rotation":
+            if two_views:
+                term = code_term(args.objective, *head(z.float().flatten(1)).chunk(2), args.tau)
+            elif args.objective == "rotation":
                 term = F.cross_entropy(head(z.float().flatten(1)), turns)
-                loss = loss + args.weight * term
-                term_total += float(term.detach())
-            if args.objective in PENALTIES:
+            elif args.objective in PENALTIES:
                 term = code_penalty(args.objective, z)
-                loss = loss + args.weight * term
-                term_total += float(term.detach())
-            if args.objective == "acai":
+            elif args.objective == "acai":
                 # ACAI (Berthelot et al., 2019): decode a mix of two codes and train the autoencoder to make the
                 # critic believe it is no mix (score 0); the critic learns to tell the mixing coefficient
                 alpha = 0.5 * torch.rand(len(z), 1, generator=generator)
                 with torch.autocast("cpu", dtype=torch.bfloat16):
                     mixed = model._decode(alpha * z + (1 - alpha) * z.roll(1, 0), sizes, switches)
                 term = critic_score(mixed).pow(2).mean()
-                loss = loss + args.weight * term
-                term_total += float(term.detach())
-            if two_views:
-                term = code_term(args.objective, *head(z.float().flatten(1)).chunk(2), args.tau)
-                loss = loss + args.weight * term
-                term_total += float(term.detach())
+            else:  # MSE alone, or idec, whose term comes after these epochs
+                term = torch.zeros(())
+            loss = loss + args.weight * term
+            term_total += float(term.detach())
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

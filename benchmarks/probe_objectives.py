@@ -120,6 +120,13 @@ def mask_patches(x: torch.Tensor, fraction: float, patch: int, generator: torch.
     return x * keep.repeat_interleave(patch, 2).repeat_interleave(patch, 3)[..., :height, :width]
 
 
+def encode_all(model: convae.AutoEncoder, images: torch.Tensor) -> torch.Tensor:
+    """The flattened codes of many images, a thousand at a time, in inference mode."""
+    model.eval()
+    with torch.no_grad():
+        return torch.cat([model.encode(c) for c in images.split(1000)]).flatten(1)
+
+
 def idec_finetune(
     model: convae.AutoEncoder, x: torch.Tensor, args: argparse.Namespace, generator: torch.Generator
 ) -> None:
@@ -127,12 +134,7 @@ def idec_finetune(
     codes to k-means centres, P their sharpened square refreshed at each epoch."""
     from sklearn.cluster import KMeans
 
-    def codes() -> torch.Tensor:
-        model.eval()
-        with torch.no_grad():
-            return torch.cat([model.encode(c) for c in x.split(1000)]).flatten(1)
-
-    kmeans = KMeans(args.clusters, n_init=4, random_state=args.seed).fit(codes()[:20000].numpy())
+    kmeans = KMeans(args.clusters, n_init=4, random_state=args.seed).fit(encode_all(model, x[:20000]).numpy())
     centres = torch.nn.Parameter(torch.as_tensor(kmeans.cluster_centers_, dtype=torch.float32))
     optimizer = torch.optim.Adam([*model.parameters(), centres], lr=1e-4)
 
@@ -143,7 +145,7 @@ def idec_finetune(
     steps = len(x) // args.batch
     for epoch in range(args.idec_epochs):
         with torch.no_grad():
-            q = assignments(codes())
+            q = assignments(encode_all(model, x))
             p = q.pow(2) / q.sum(0)
             p = p / p.sum(1, keepdim=True)
         model.train()
@@ -269,13 +271,12 @@ def main() -> None:
     except ConvaeError as err:
         parser.error(str(err))
     code_size = math.prod(model.code_shape)
+    outputs = 4 if args.objective == "rotation" else args.head  # rotation's head tells one of four turns
     head = (
-        torch.nn.Sequential(torch.nn.Linear(code_size, 256), torch.nn.ReLU(), torch.nn.Linear(256, args.head))
-        if args.head
+        torch.nn.Sequential(torch.nn.Linear(code_size, 256), torch.nn.ReLU(), torch.nn.Linear(256, outputs))
+        if outputs
         else torch.nn.Identity()
     )
-    if args.objective == "rotation":
-        head = torch.nn.Sequential(torch.nn.Linear(code_size, 256), torch.nn.ReLU(), torch.nn.Linear(256, 4))
     optimizer = torch.optim.AdamW([*model.parameters(), *head.parameters()], lr=2e-3, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=args.epochs * steps_per_epoch)
     generator = torch.Generator().manual_seed(args.seed + 1)
@@ -355,11 +356,9 @@ def main() -> None:
         )
     if args.objective == "idec":
         idec_finetune(model, x, args, generator)
-    model.eval()
+    codes_fit, codes_test = encode_all(model, x[:20000]).numpy(), encode_all(model, x_test).numpy()
     with torch.no_grad():
         x_hat = torch.cat([model(c) for c in x_test.split(1000)])
-        codes_fit = torch.cat([model.encode(c) for c in x[:20000].split(1000)]).numpy()
-        codes_test = torch.cat([model.encode(c) for c in x_test.split(1000)]).numpy()
     mse = float(F.mse_loss(x_hat, x_test))
     probe = linear_probe(codes_fit, y[:20000], codes_test, np.asarray(y_test))
     print(

@@ -8,8 +8,9 @@
 # 1. throughput.py with convae's defaults (issue 5's table: 3 archs, batch 128 and 1024);
 # 2. a profile of the keras model's compiled step at batch 128 (short of 2x there);
 # 3. quality runs (issue 7), two at once on the one GPU: a third seed of fmnist-32-res and of
-#    fmnist-64-res (the margins of the code-32 and code-64 targets); beside them,
-#    the test suite with CUDA as the default device.
+#    fmnist-64-res (the margins of the code-32 and code-64 targets); beside them, the
+#    probe target's last lead (the contrastive term on SimCLR's crops, still climbing at
+#    100 CPU epochs) run 200 epochs at batch 256, and the test suite with CUDA as the default device.
 # Output: $OUT/summary.txt (also printed) and $OUT/results.tgz (logs, metrics, final.json).
 # On an H200 (2026-11-27): step 1 took 53 s eager with 2 repeats (each compiled measurement now
 # adds about 15 s, hence 1 repeat), four residual runs at once about 4-5 minutes.
@@ -30,8 +31,10 @@ cap() { # the smaller of a step's own cap and what the deadline leaves (minus pa
 
 if [ -n "${TINY:-}" ]; then
     TP=(--samples 2048 --epochs 2 --repeats 1 --archs keras) QEPOCHS=(--epochs 1) QLANES=1
+    PROBE=(--samples 2048 --epochs 1)
 else
     TP=(--samples 30720 --epochs 2 --repeats 1) QEPOCHS=() QLANES=2
+    PROBE=(--epochs 200 --batch 256) # about 1 s an epoch on an H200, estimated: untried there
 fi
 
 {
@@ -64,6 +67,8 @@ if [ "$QLANES" -gt 1 ]; then
 else
     lane wide32-preset --presets fmnist-32-wide --set histograms=false &
 fi
+timeout "$QCAP" python3 benchmarks/probe_objectives.py --objective contrastive --weight 1 --head 64 --crop 0.3 \
+    "${PROBE[@]}" >"$WORK/probe-crops.txt" 2>&1 &
 OMP_NUM_THREADS=4 timeout "$QCAP" python3 -m pytest -q -p no:cacheprovider >"$WORK/pytest.txt" 2>&1 &
 while [ "$(jobs -rp | wc -l)" -gt 0 ] && [ "$(left)" -gt 15 ]; do sleep 2; done
 for job in $(jobs -rp); do # past the deadline: stop this script's runs (not others'); what finished is kept
@@ -96,6 +101,9 @@ t=round(json.load(open(f))['test_mse'],5) if os.path.exists(f) else '-'; \
 print(sys.argv[1].split('/')[-3], 'epoch', r['epoch'], 'train', round(r['train_loss'],5), \
 'val', round(r['val_loss'],5), 'test', t, 'img/s', round(r['images_per_s']))" "$m"
     done
+    echo "== the probe after the contrastive term on crops (every 20th epoch, then the figures)"
+    awk 'NR % 20 == 0' "$WORK/probe-crops.txt"
+    tail -2 "$WORK/probe-crops.txt"
     echo "== tests on the GPU"
     tail -15 "$WORK/pytest.txt"
     echo "== $((SECONDS - START)) s in all"

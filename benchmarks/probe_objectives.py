@@ -42,11 +42,13 @@ on the codes in training), ``--mask R`` (hide a fraction R of the 4x4 patches
 of each input and reconstruct them all: masked-image modelling as a denoising
 autoencoder's noise).
 
-Prints the test MSE and the accuracy of `convae.evaluate.linear_probe` (a
-logistic regression on standardised codes) fitted on the codes of the first
-20,000 training images (`convae evaluate` fits on a random 20,000). The
-trainer offers none of these: none raised the probe for good
-(benchmarks/RESULTS.md).
+Runs on a GPU where there is one (``--device``; bf16 autocast there as on
+the CPU); the views are drawn on the CPU from one generator, so a seed gives
+the same batches on either. Prints the test MSE and the accuracy of
+`convae.evaluate.linear_probe` (a logistic regression on standardised codes)
+fitted on the codes of the first 20,000 training images (`convae evaluate`
+fits on a random 20,000). The trainer offers none of these: none raised the
+probe for good (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ from convae.data import load, split_validation
 from convae.errors import ConvaeError
 from convae.evaluate import linear_probe
 from convae.preprocess import Augment
-from convae.train import LOSSES, _loss_fn
+from convae.train import LOSSES, _loss_fn, pick_device
 
 OBJECTIVES = ("none", "invariance", "contrastive", "acai", "l1", "uniformity", "idec", "rotation")
 TWO_VIEWS = ("invariance", "contrastive")
@@ -86,7 +88,7 @@ def code_term(objective: str, z1: torch.Tensor, z2: torch.Tensor, tau: float) ->
     z = F.normalize(torch.cat([z1, z2]), dim=1)
     n = len(z1)
     sim = (z @ z.T / tau).fill_diagonal_(float("-inf"))  # a sample is not its own positive
-    positives = torch.cat([torch.arange(n, 2 * n), torch.arange(n)])
+    positives = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
     return F.cross_entropy(sim, positives)
 
 
@@ -121,10 +123,12 @@ def mask_patches(x: torch.Tensor, fraction: float, patch: int, generator: torch.
 
 
 def encode_all(model: convae.AutoEncoder, images: torch.Tensor) -> torch.Tensor:
-    """The flattened codes of many images, a thousand at a time, in inference mode."""
+    """The flattened codes of many images (on the CPU), a thousand at a time on the model's device, in inference
+    mode."""
+    device = next(model.parameters()).device
     model.eval()
     with torch.no_grad():
-        return torch.cat([model.encode(c) for c in images.split(1000)]).flatten(1)
+        return torch.cat([model.encode(c.to(device)).cpu() for c in images.split(1000)]).flatten(1)
 
 
 def idec_finetune(
@@ -135,7 +139,8 @@ def idec_finetune(
     from sklearn.cluster import KMeans
 
     kmeans = KMeans(args.clusters, n_init=4, random_state=args.seed).fit(encode_all(model, x[:20000]).numpy())
-    centres = torch.nn.Parameter(torch.as_tensor(kmeans.cluster_centers_, dtype=torch.float32))
+    device = next(model.parameters()).device
+    centres = torch.nn.Parameter(torch.as_tensor(kmeans.cluster_centers_, dtype=torch.float32, device=device))
     optimizer = torch.optim.Adam([*model.parameters(), centres], lr=1e-4)
 
     def assignments(z: torch.Tensor) -> torch.Tensor:
@@ -145,7 +150,7 @@ def idec_finetune(
     steps = len(x) // args.batch
     for epoch in range(args.idec_epochs):
         with torch.no_grad():
-            q = assignments(encode_all(model, x))
+            q = assignments(encode_all(model, x).to(device))
             p = q.pow(2) / q.sum(0)
             p = p / p.sum(1, keepdim=True)
         model.train()
@@ -153,10 +158,11 @@ def idec_finetune(
         total = kl_total = 0.0
         for i in range(steps):
             index = order[i * args.batch : (i + 1) * args.batch]
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                z, sizes, switches = model._encode(x[index].contiguous(memory_format=torch.channels_last))
+            images = x[index].to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                z, sizes, switches = model._encode(images.contiguous(memory_format=torch.channels_last))
                 out = model._decode(z, sizes, switches)
-            mse = F.mse_loss(out.float(), x[index])
+            mse = F.mse_loss(out.float(), images)
             kl = F.kl_div(assignments(z.float().flatten(1)).log(), p[index], reduction="batchmean")
             optimizer.zero_grad()
             (mse + args.weight * kl).backward()
@@ -224,6 +230,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:N")
     parser.add_argument("--seed", type=int, default=0, help="weights from SEED, batches and augmentation from SEED+1")
     args = parser.parse_args()
     try:
@@ -246,6 +253,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     try:
+        device = pick_device(args.device)
         dataset = load(args.data, data_dir=args.data_dir)
         spec = presets.resolve(args.arch)
     except ConvaeError as err:
@@ -267,7 +275,7 @@ def main() -> None:
         parser.error(f"need --epochs >= 1 and --batch between 1 and the {len(x)} training images")
     torch.manual_seed(args.seed)
     try:
-        model = convae.build(spec, x.shape[1:]).to(memory_format=torch.channels_last)
+        model = convae.build(spec, x.shape[1:]).to(device, memory_format=torch.channels_last)
     except ConvaeError as err:
         parser.error(str(err))
     code_size = math.prod(model.code_shape)
@@ -276,17 +284,17 @@ def main() -> None:
         torch.nn.Sequential(torch.nn.Linear(code_size, 256), torch.nn.ReLU(), torch.nn.Linear(256, outputs))
         if outputs
         else torch.nn.Identity()
-    )
+    ).to(device)
     optimizer = torch.optim.AdamW([*model.parameters(), *head.parameters()], lr=2e-3, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=args.epochs * steps_per_epoch)
     generator = torch.Generator().manual_seed(args.seed + 1)
     two_views = args.objective in TWO_VIEWS
     if args.objective == "acai":  # the critic: the encoder's layers, its score the mean of its code
-        critic = convae.build(spec, x.shape[1:]).to(memory_format=torch.channels_last)
+        critic = convae.build(spec, x.shape[1:]).to(device, memory_format=torch.channels_last)
         critic_optimizer = torch.optim.Adam(critic.parameters(), lr=1e-3)
 
         def critic_score(images: torch.Tensor) -> torch.Tensor:
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.autocast(device.type, dtype=torch.bfloat16):
                 return critic._encode(images)[0].float().flatten(1).mean(1)
 
     started = time.perf_counter()
@@ -309,32 +317,33 @@ def main() -> None:
                 batch = batch.clone()
                 for k in range(1, 4):
                     batch[turns == k] = batch[turns == k].rot90(k, (-2, -1))
-            target = images if args.target == "clean" else batch
+            target = (images if args.target == "clean" else batch).to(device)
             if args.mask:  # the noise of a denoising autoencoder: the target keeps the hidden patches
                 batch = mask_patches(batch, args.mask, 4, generator)
-            batch = batch.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            # the views are drawn on the CPU, from one generator, so a seed gives the same batches on any device
+            batch = batch.to(device).contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16):
                 z, sizes, switches = model._encode(batch)
                 if args.code_noise:
-                    noise = torch.randn(z.shape, generator=generator, dtype=torch.float32)
+                    noise = torch.randn(z.shape, generator=generator, dtype=torch.float32).to(device)
                     z = z + args.code_noise * z.detach().float().std(0) * noise
                 out = model._decode(z, sizes, switches)
             loss = reconstruction(args.loss, out.float(), target, args.edges)
             if two_views:
                 term = code_term(args.objective, *head(z.float().flatten(1)).chunk(2), args.tau)
             elif args.objective == "rotation":
-                term = F.cross_entropy(head(z.float().flatten(1)), turns)
+                term = F.cross_entropy(head(z.float().flatten(1)), turns.to(device))
             elif args.objective in PENALTIES:
                 term = code_penalty(args.objective, z)
             elif args.objective == "acai":
                 # ACAI (Berthelot et al., 2019): decode a mix of two codes and train the autoencoder to make the
                 # critic believe it is no mix (score 0); the critic learns to tell the mixing coefficient
-                alpha = 0.5 * torch.rand(len(z), 1, generator=generator)
-                with torch.autocast("cpu", dtype=torch.bfloat16):
+                alpha = 0.5 * torch.rand(len(z), 1, generator=generator).to(device)
+                with torch.autocast(device.type, dtype=torch.bfloat16):
                     mixed = model._decode(alpha * z + (1 - alpha) * z.roll(1, 0), sizes, switches)
                 term = critic_score(mixed).pow(2).mean()
             else:  # MSE alone, or idec, whose term comes after these epochs
-                term = torch.zeros(())
+                term = torch.zeros((), device=device)
             loss = loss + args.weight * term
             term_total += float(term.detach())
             optimizer.zero_grad()
@@ -358,14 +367,15 @@ def main() -> None:
         idec_finetune(model, x, args, generator)
     codes_fit, codes_test = encode_all(model, x[:20000]).numpy(), encode_all(model, x_test).numpy()
     with torch.no_grad():
-        x_hat = torch.cat([model(c) for c in x_test.split(1000)])
+        x_hat = torch.cat([model(c.to(device)).cpu() for c in x_test.split(1000)])
     mse = float(F.mse_loss(x_hat, x_test))
     probe = linear_probe(codes_fit, y[:20000], codes_test, np.asarray(y_test))
     print(
         f"objective {args.objective}  weight {args.weight if args.objective != 'none' else 0}  "
         f"augment {augment or 'none'}  head {args.head}  target {args.target}  loss {args.loss}  edges {args.edges:g}  "
         f"code noise {args.code_noise:g}  crop {args.crop:g}  mask {args.mask:g}  seed {args.seed}  "
-        f"epochs {args.epochs}  test MSE {mse:.5f}  probe {probe:.4f}  {time.perf_counter() - started:.0f} s"
+        f"epochs {args.epochs}  device {device}  "
+        f"test MSE {mse:.5f}  probe {probe:.4f}  {time.perf_counter() - started:.0f} s"
     )
 
 

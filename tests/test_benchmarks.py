@@ -42,6 +42,7 @@ def test_cpu_variants_rejects_an_unknown_arch():
 )
 def test_probe_objectives_trains_and_reports_the_probe(extra):
     args = ["--data", "digits", "--arch", "small", "--epochs", "1", "--batch", "64", "--threads", "1"]
+    args += ["--device", "cpu"]
     result = _run("probe_objectives.py", *args, *extra)
     assert result.returncode == 0, result.stderr
     *_, last = result.stdout.splitlines()
@@ -52,6 +53,7 @@ def test_probe_objectives_trains_and_reports_the_probe(extra):
     if "idec" in extra:  # the clustering epoch follows the MSE one
         assert "idec epoch 1" in result.stdout and float(result.stdout.split(" kl ")[1].split()[0]) > 0
     assert float(fields[fields.index("MSE") + 1]) > 0 and 0 < float(fields[fields.index("probe") + 1]) <= 1
+    assert fields[fields.index("device") + 1] == "cpu"
 
 
 @pytest.mark.parametrize("args", [["--objective", "invariance"], ["--target", "clean"]])
@@ -68,6 +70,7 @@ def test_probe_objectives_refuses_bad_arguments_in_one_line():
         ["--crop", "0.3"],  # crops make two views: they need a two-view objective
         ["--mask", "1"],
         ["--objective", "idec", "--clusters", "1"],
+        ["--device", "nope"],
     ):
         result = _run("probe_objectives.py", "--data", "digits", *args)
         assert result.returncode == 2 and "error:" in result.stderr and "Traceback" not in result.stderr, args

@@ -118,7 +118,7 @@ def mask_patches(x: torch.Tensor, fraction: float, patch: int, generator: torch.
     """Zero a random fraction of the patch x patch squares of each 2-D image, each image its own."""
     height, width = x.shape[-2:]
     grid = (len(x), 1, -(-height // patch), -(-width // patch))
-    keep = (torch.rand(grid, generator=generator) >= fraction).to(x.dtype)
+    keep = (torch.rand(grid, generator=generator) >= fraction).to(x.device, x.dtype)
     return x * keep.repeat_interleave(patch, 2).repeat_interleave(patch, 3)[..., :height, :width]
 
 
@@ -317,11 +317,13 @@ def main() -> None:
                 batch = batch.clone()
                 for k in range(1, 4):
                     batch[turns == k] = batch[turns == k].rot90(k, (-2, -1))
-            target = (images if args.target == "clean" else batch).to(device)
+            # the views are drawn on the CPU, from one generator, so a seed gives the same batches on any device;
+            # each goes to the device once
+            batch = batch.to(device)
+            target = images.to(device) if args.target == "clean" else batch
             if args.mask:  # the noise of a denoising autoencoder: the target keeps the hidden patches
                 batch = mask_patches(batch, args.mask, 4, generator)
-            # the views are drawn on the CPU, from one generator, so a seed gives the same batches on any device
-            batch = batch.to(device).contiguous(memory_format=torch.channels_last)
+            batch = batch.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16):
                 z, sizes, switches = model._encode(batch)
                 if args.code_noise:

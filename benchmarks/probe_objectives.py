@@ -47,14 +47,18 @@ the CPU); the views are drawn on the CPU from one generator, so a seed gives
 the same batches on either. Prints the test MSE and the accuracy of
 `convae.evaluate.linear_probe` (a logistic regression on standardised codes)
 fitted on the codes of the first 20,000 training images (`convae evaluate`
-fits on a random 20,000). The trainer offers none of these: none raised the
-probe for good (benchmarks/RESULTS.md).
+fits on a random 20,000). ``--state FILE`` keeps the run's state after each
+epoch and goes on from it, so a run too long for one sitting can be split
+across calls (``--stop-after N`` epochs each) and ends with the figures of one
+that never stopped. The trainer offers none of these objectives;
+benchmarks/RESULTS.md says what each gave.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -232,7 +236,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:N")
     parser.add_argument("--seed", type=int, default=0, help="weights from SEED, batches and augmentation from SEED+1")
+    parser.add_argument(
+        "--state",
+        type=Path,
+        default=None,
+        help="save the run's state to this file after each epoch, and go on from it where it exists: a run split "
+        "across calls ends as one that never stopped",
+    )
+    parser.add_argument(
+        "--stop-after", type=int, default=None, help="with --state: train at most this many epochs in this call"
+    )
     args = parser.parse_args()
+    if args.stop_after is not None and (args.state is None or args.stop_after < 1):
+        parser.error("--stop-after takes a number of epochs >= 1, and --state to keep them in")
     try:
         augment = Augment.parse(args.augment)
     except ConvaeError as err:
@@ -297,8 +313,25 @@ def main() -> None:
             with torch.autocast(device.type, dtype=torch.bfloat16):
                 return critic._encode(images)[0].float().flatten(1).mean(1)
 
-    started = time.perf_counter()
-    for epoch in range(args.epochs):
+    # what makes two calls one run: every setting but where it runs and where its state goes
+    run_settings = {k: v for k, v in vars(args).items() if k not in ("state", "stop_after", "threads", "device")}
+    parts = {"model": model, "head": head, "optimizer": optimizer, "schedule": schedule}
+    if args.objective == "acai":
+        parts |= {"critic": critic, "critic_optimizer": critic_optimizer}
+    first_epoch, elapsed = 0, 0.0
+    if args.state is not None and args.state.exists():
+        state = torch.load(args.state, weights_only=True)
+        if state["settings"] != run_settings:
+            changed = sorted(k for k in run_settings if state["settings"].get(k) != run_settings[k])
+            parser.error(f"{args.state} holds a run with other settings ({', '.join(changed)}): give another --state")
+        for name, part in parts.items():
+            part.load_state_dict(state[name])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        first_epoch, elapsed = state["epoch"], state["elapsed"]
+        print(f"resumed from {args.state} after epoch {first_epoch}", flush=True)
+    started = time.perf_counter() - elapsed
+    for epoch in range(first_epoch, args.epochs):
         model.train()
         order = torch.randperm(len(x), generator=generator)
         total = term_total = 0.0
@@ -365,6 +398,16 @@ def main() -> None:
             f"{time.perf_counter() - started:.0f} s",
             flush=True,
         )
+        if args.state is not None:
+            state = {name: part.state_dict() for name, part in parts.items()}
+            state |= {"settings": run_settings, "epoch": epoch + 1, "elapsed": time.perf_counter() - started}
+            state |= {"generator": generator.get_state(), "torch_rng": torch.get_rng_state()}
+            partial = args.state.with_name(args.state.name + ".partial")
+            torch.save(state, partial)
+            os.replace(partial, args.state)  # a call killed while saving leaves the last whole state
+            if args.stop_after is not None and epoch + 1 - first_epoch >= args.stop_after and epoch + 1 < args.epochs:
+                print(f"stopped after epoch {epoch + 1} of {args.epochs}; the same command goes on from {args.state}")
+                return
     if args.objective == "idec":
         idec_finetune(model, x, args, generator)
     codes_fit, codes_test = encode_all(model, x[:20000]).numpy(), encode_all(model, x_test).numpy()

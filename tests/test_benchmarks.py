@@ -56,6 +56,26 @@ def test_probe_objectives_trains_and_reports_the_probe(extra):
     assert fields[fields.index("device") + 1] == "cpu"
 
 
+def test_probe_objectives_split_across_calls_ends_as_one_run(tmp_path):
+    args = ["--data", "digits", "--arch", "small", "--epochs", "3", "--batch", "64", "--threads", "1"]
+    args += ["--device", "cpu", "--objective", "contrastive", "--crop", "0.3", "--head", "8"]
+    whole = _run("probe_objectives.py", *args)
+    state = str(tmp_path / "state.pt")
+    first = _run("probe_objectives.py", *args, "--state", state, "--stop-after", "2")
+    assert first.returncode == 0, first.stderr
+    assert "stopped after epoch 2 of 3" in first.stdout and "test MSE" not in first.stdout  # no figures yet
+    rest = _run("probe_objectives.py", *args, "--state", state)
+    assert rest.returncode == 0, rest.stderr
+    assert rest.stdout.startswith("resumed from") and "epoch 1 " not in rest.stdout
+    # the same losses each epoch and the same figures: the crops' generator, the weights and the schedule go on
+    losses = [line.split("  ")[1] for line in (first.stdout + rest.stdout).splitlines() if line.startswith("epoch")]
+    assert losses == [line.split("  ")[1] for line in whole.stdout.splitlines() if line.startswith("epoch")]
+    figures = whole.stdout.splitlines()[-1].split("test MSE")[1].rsplit("  ", 1)[0]
+    assert rest.stdout.splitlines()[-1].split("test MSE")[1].rsplit("  ", 1)[0] == figures
+    other = _run("probe_objectives.py", *args, "--state", state, "--weight", "0.5")
+    assert other.returncode == 2 and "other settings (weight)" in other.stderr and "Traceback" not in other.stderr
+
+
 @pytest.mark.parametrize("args", [["--objective", "invariance"], ["--target", "clean"]])
 def test_probe_objectives_needs_augmented_views(args):
     result = _run("probe_objectives.py", "--data", "digits", *args)
@@ -71,6 +91,7 @@ def test_probe_objectives_refuses_bad_arguments_in_one_line():
         ["--mask", "1"],
         ["--objective", "idec", "--clusters", "1"],
         ["--device", "nope"],
+        ["--stop-after", "2"],  # without --state there is nowhere to keep the epochs
     ):
         result = _run("probe_objectives.py", "--data", "digits", *args)
         assert result.returncode == 2 and "error:" in result.stderr and "Traceback" not in result.stderr, args

@@ -50,7 +50,8 @@ fitted on the codes of the first 20,000 training images (`convae evaluate`
 fits on a random 20,000). ``--state FILE`` keeps the run's state after each
 epoch and goes on from it, so a run too long for one sitting can be split
 across calls (``--stop-after N`` epochs each) and ends with the figures of one
-that never stopped. The trainer offers none of these objectives;
+that never stopped. Of these objectives the trainer offers the contrastive
+term on crops (``convae train --contrastive W``, the same loss and views);
 benchmarks/RESULTS.md says what each gave.
 """
 
@@ -74,8 +75,8 @@ from convae import presets
 from convae.data import load, split_validation
 from convae.errors import ConvaeError
 from convae.evaluate import linear_probe
-from convae.preprocess import Augment
-from convae.train import LOSSES, _loss_fn, pick_device
+from convae.preprocess import Augment, resized_crops
+from convae.train import LOSSES, _loss_fn, nt_xent, pick_device
 
 OBJECTIVES = ("none", "invariance", "contrastive", "acai", "l1", "uniformity", "idec", "rotation")
 TWO_VIEWS = ("invariance", "contrastive")
@@ -89,11 +90,7 @@ def code_term(objective: str, z1: torch.Tensor, z2: torch.Tensor, tau: float) ->
             return (z - z.mean(0)) / (z.std(0) + 1e-4)
 
         return F.mse_loss(standardise(z1), standardise(z2))
-    z = F.normalize(torch.cat([z1, z2]), dim=1)
-    n = len(z1)
-    sim = (z @ z.T / tau).fill_diagonal_(float("-inf"))  # a sample is not its own positive
-    positives = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
-    return F.cross_entropy(sim, positives)
+    return nt_xent(z1, z2, tau)
 
 
 def code_penalty(objective: str, z: torch.Tensor) -> torch.Tensor:
@@ -101,21 +98,6 @@ def code_penalty(objective: str, z: torch.Tensor) -> torch.Tensor:
     if objective == "l1":
         return z.abs().mean()
     return torch.pdist(F.normalize(z, dim=1)).pow(2).mul(-2).exp().mean().log()  # uniformity, t = 2
-
-
-def resized_crop(x: torch.Tensor, min_area: float, generator: torch.Generator) -> torch.Tensor:
-    """SimCLR's view of 2-D images: a random crop (area min_area..1, aspect 3/4..4/3) resized back, maybe flipped."""
-    n = len(x)
-    area = min_area + (1 - min_area) * torch.rand(n, generator=generator)
-    aspect = ((torch.rand(n, generator=generator) * 2 - 1) * math.log(4 / 3)).exp()
-    width, height = (area * aspect).sqrt().clamp(max=1), (area / aspect).sqrt().clamp(max=1)
-    theta = torch.zeros(n, 2, 3)  # output -> input coordinates in [-1, 1]: a scale, an offset and a flip
-    theta[:, 0, 2] = (torch.rand(n, generator=generator) * 2 - 1) * (1 - width)
-    theta[:, 1, 2] = (torch.rand(n, generator=generator) * 2 - 1) * (1 - height)
-    flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
-    theta[:, 0, 0], theta[:, 1, 1] = width * flip, height
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, align_corners=False)
 
 
 def mask_patches(x: torch.Tensor, fraction: float, patch: int, generator: torch.Generator) -> torch.Tensor:
@@ -338,7 +320,7 @@ def main() -> None:
         for i in range(steps_per_epoch):
             images = x[order[i * args.batch : (i + 1) * args.batch]]
             if two_views and args.crop:
-                batch = torch.cat([resized_crop(images, args.crop, generator) for _ in range(2)])
+                batch = torch.cat([resized_crops(images, args.crop, generator) for _ in range(2)])
             elif two_views:
                 batch = torch.cat([augment.apply(images, 0.0, generator), augment.apply(images, 0.0, generator)])
             elif augment is not None:

@@ -58,6 +58,16 @@ def test_two_processes_match_one(data, tmp_path):
     assert len(list((tmp_path / "ddp").glob("events.out.tfevents.*"))) == 2  # scalars + hparams
 
 
+def test_contrastive_head_trains_under_ddp(data, tmp_path):
+    # The head is wrapped with the model: DDP averages its gradients too, and rank 0 saves it.
+    settings = dict(data=data, arch=ARCH, epochs=1, batch_size=16, device="cpu", threads=1, contrastive=1.0)
+    settings.update(contrastive_head=4, histograms=False, embedding_samples=0)
+    result = _torchrun(["train", *_flags(settings), "--quiet", "--out", str(tmp_path / "ddp")], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = checkpoint.load(tmp_path / "ddp" / "last.pt")
+    assert state["head"]["2.weight"].shape == (4, 256) and state["metrics"][0]["train_contrastive"] > 0
+
+
 def test_batch_norm_per_process_and_sync_bn_on_cpu(data, tmp_path):
     common = [
         "train",

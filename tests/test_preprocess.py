@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from convae.errors import ConvaeError
-from convae.preprocess import Augment, Noise, Normalizer
+from convae.preprocess import Augment, Noise, Normalizer, resized_crops
 
 
 def _data(seed=0, n=400, c=2, size=4):
@@ -119,3 +119,16 @@ def test_augment_parse():
 def test_augment_errors(text):
     with pytest.raises(ConvaeError, match="augment"):
         Augment.parse(text)
+
+
+def test_resized_crops_read_inside_each_image_and_vary():
+    # A constant image stays constant: samples past the edge pixels take their values, not zeros.
+    ones = resized_crops(torch.ones(64, 1, 9, 12), 0.3, torch.Generator().manual_seed(0))
+    assert ones.shape == (64, 1, 9, 12) and torch.allclose(ones, torch.ones_like(ones))
+    x = torch.rand(64, 2, 9, 12)
+    views = resized_crops(x, 0.3, torch.Generator().manual_seed(0))
+    assert torch.equal(views, resized_crops(x, 0.3, torch.Generator().manual_seed(0)))  # one generator, one draw
+    assert views.min() >= x.min() and views.max() <= x.max()  # bilinear: mixes of the image's own values
+    assert not torch.allclose(views, resized_crops(x, 0.3, torch.Generator().manual_seed(1)))
+    with pytest.raises(ConvaeError, match="2-D images"):
+        resized_crops(torch.rand(4, 1, 9), 0.3)

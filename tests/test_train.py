@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -8,7 +9,16 @@ from convae import checkpoint
 from convae.distributed import Dist
 from convae.errors import ConvaeError
 from convae.preprocess import Augment
-from convae.train import TrainConfig, Trainer, epoch_seeds, load_run, prepare, resolve_config, train
+from convae.train import (
+    TrainConfig,
+    Trainer,
+    epoch_seeds,
+    load_run,
+    nt_xent,
+    prepare,
+    resolve_config,
+    train,
+)
 
 ARCH = "conv(8,3,stride=2) bn relu conv(16,3,stride=2) bn relu dense(8)"
 
@@ -60,6 +70,62 @@ def test_resume_matches_uninterrupted_run(npz, tmp_path):
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [m["val_loss"] for m in straight["metrics"]] == [m["val_loss"] for m in resumed["metrics"]]
+
+
+def test_contrastive_term_trains_a_head_kept_with_the_run_and_resumes_exactly(npz, tmp_path):
+    extra = {"contrastive": 0.5, "contrastive_head": 4, "contrastive_crop": 0.5, "noise": "gaussian:0.1"}
+    straight = train(_config(npz, tmp_path, "straight", **extra))
+    terms = [m["train_contrastive"] for m in straight["metrics"]]
+    # between a perfect match of the views (0) and codes that tell nothing apart (log of the 2B - 1 candidates)
+    assert all(0 < t < math.log(2 * 16 - 1) for t in terms)
+    steps_per_epoch = straight["metrics"][0]["step"]
+
+    def interrupt(step):
+        if step == steps_per_epoch + 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(npz, tmp_path, "interrupted", **extra), on_step=interrupt)
+    resumed = train(resume=tmp_path / "interrupted")
+    a = checkpoint.load(tmp_path / "straight" / "last.pt")
+    b = checkpoint.load(tmp_path / "interrupted" / "last.pt")
+    for part in ("model", "head"):  # the crops' generator, the head and its optimizer state all resume
+        assert a[part].keys() == b[part].keys() and all(torch.equal(a[part][k], b[part][k]) for k in a[part])
+    assert [m["train_contrastive"] for m in resumed["metrics"]] == terms
+    model, _, config = load_run(tmp_path / "straight")  # the autoencoder alone: the head is for training
+    assert config.contrastive == 0.5 and not any("head" in k for k in model.state_dict())
+    # a run without the term does not take a checkpoint with a head, nor the other way round
+    config = _config(npz, tmp_path, "plain")
+    plain = Trainer(config, tmp_path / "plain", prepare(config), torch.device("cpu"))
+    with pytest.raises(ConvaeError, match="contrastive head in one and not the other"):
+        plain.load_state(a)
+
+
+def test_contrastive_term_needs_2d_images_and_sane_settings(tmp_path):
+    flat = f"npy:{write_npz(tmp_path / 'flat.npz')}"
+    config = _config(flat, tmp_path, arch="dense(8) relu dense(4)", contrastive=1.0)
+    prepared = prepare(config)
+    prepared.dataset.x_train = prepared.dataset.x_train.reshape(len(prepared.dataset.x_train), 1, -1)
+    with pytest.raises(ConvaeError, match="crops of 2-D images"):
+        Trainer(config, tmp_path / "flat", prepared, torch.device("cpu"))
+    for bad, message in (
+        ({"contrastive": -1.0}, "contrastive must be >= 0"),
+        ({"contrastive_crop": 0.0}, "contrastive_crop must be in"),
+        ({"contrastive_head": 0}, "contrastive_head must be a positive integer"),
+        ({"contrastive_tau": 0.0}, "contrastive_tau must be positive"),
+    ):
+        with pytest.raises(ConvaeError, match=message):
+            resolve_config(bad)
+
+
+def test_nt_xent_rewards_views_that_match_and_stand_apart():
+    n = 8
+    blind = torch.ones(n, 5)  # every view alike: the positive is one of 2n - 1 equal candidates
+    assert float(nt_xent(blind, blind, 0.5)) == pytest.approx(math.log(2 * n - 1), rel=1e-5)
+    apart = torch.eye(n)  # each sample its own direction, both views on it
+    assert float(nt_xent(apart, apart, 0.1)) < 1e-3
+    swapped = torch.eye(n).roll(1, 0)  # each view closest to another sample's: worse than blind
+    assert float(nt_xent(apart, swapped, 0.5)) > math.log(2 * n - 1)
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(npz, tmp_path):

@@ -37,6 +37,7 @@ KEYS = {
     "bad_epochs",
     "metrics",
 }
+OPTIONAL_KEYS = {"head"}  # a contrastive term's projection head: only runs with one have it
 
 
 def atomic_write(path: str | Path, write) -> None:
@@ -61,7 +62,7 @@ def write_json(path: str | Path, data: Any) -> None:
 
 
 def save(path: str | Path, state: dict[str, Any]) -> None:
-    extra = set(state) - KEYS
+    extra = set(state) - KEYS - OPTIONAL_KEYS
     if extra:
         raise ValueError(f"unexpected checkpoint keys: {sorted(extra)}")
     atomic_write(path, lambda f: torch.save({"format": FORMAT, "version": VERSION, **state}, f))
@@ -83,7 +84,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
         raise ConvaeError(
             f"{path}: checkpoint version {state.get('version')} is not supported (this convae reads {VERSION})"
         )
-    leftover = set(state) - KEYS
+    leftover = set(state) - KEYS - OPTIONAL_KEYS
     missing = KEYS - set(state)
     if leftover or missing:
         raise ConvaeError(

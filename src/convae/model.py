@@ -203,6 +203,11 @@ class AutoEncoder(nn.Module):
         z, sizes, switches = self._encode(x)
         return self._decode(z, sizes, switches)
 
+    def forward_with_code(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The reconstruction and the code of each sample from one pass (for a training term on the codes)."""
+        z, sizes, switches = self._encode(x)
+        return self._decode(z, sizes, switches), z
+
     def summary(self) -> str:
         """A table of encoder and decoder blocks with output shapes and parameter counts."""
         rows: list[tuple[str, str, str, str]] = []

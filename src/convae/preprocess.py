@@ -21,14 +21,19 @@ Augmentation (``--augment``), applied to input and target alike during training
 only: ``flip`` mirrors a random half of the samples along the last axis,
 ``shift:N`` translates each sample by up to N steps along every spatial axis
 (filling with the data's low value); ``flip+shift:2`` does both.
+
+Views for a contrastive term (``--contrastive``): :func:`resized_crops`, SimCLR's
+random resized crops of 2-D images, each flipped or not.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from convae.errors import ConvaeError
@@ -206,3 +211,30 @@ class Augment:
                 positions = torch.arange(x.shape[axis], device=x.device).view(-1, *[1] * (x.ndim - 1 - axis))
                 x = padded.gather(axis, (offset.view(per_sample) + positions).expand(x.shape))
         return x
+
+
+def resized_crops(x: Tensor, min_area: float, generator: torch.Generator | None = None) -> Tensor:
+    """SimCLR's views of 2-D images (N, C, H, W): for each, a random crop resized back to H x W, half of them flipped.
+
+    The crop covers a fraction ``min_area`` to 1 of the image, its aspect ratio
+    3/4 to 4/3 (Chen et al., 2020); bilinear resampling. Its outermost samples
+    lie up to half a pixel past the last pixel centres: they take the edge
+    pixels' values (not zeros), so a view never darkens at its border.
+    """
+    if x.ndim != 4:
+        raise ConvaeError(f"crops are of 2-D images shaped (N, C, H, W), not {tuple(x.shape)}")
+    n, device = len(x), x.device
+
+    def uniform(low: float, high: float) -> Tensor:
+        return low + (high - low) * torch.rand(n, generator=generator, device=device)
+
+    area = uniform(min_area, 1.0)
+    aspect = (uniform(-1.0, 1.0) * math.log(4 / 3)).exp()
+    width, height = (area * aspect).sqrt().clamp(max=1), (area / aspect).sqrt().clamp(max=1)
+    theta = torch.zeros(n, 2, 3, device=device)  # output -> input coordinates in [-1, 1]: a scale, a shift, a flip
+    theta[:, 0, 2] = uniform(-1.0, 1.0) * (1 - width)
+    theta[:, 1, 2] = uniform(-1.0, 1.0) * (1 - height)
+    flip = torch.where(uniform(0.0, 1.0) < 0.5, -1.0, 1.0)
+    theta[:, 0, 0], theta[:, 1, 1] = width * flip, height
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, padding_mode="border", align_corners=False)

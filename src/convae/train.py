@@ -31,7 +31,7 @@ from convae import checkpoint, distributed, presets
 from convae.data import Dataset, drop_classes, load, split_validation
 from convae.errors import ConvaeError
 from convae.model import AutoEncoder, ModelConfig, build, from_config
-from convae.preprocess import Augment, Noise, Normalizer
+from convae.preprocess import Augment, Noise, Normalizer, resized_crops
 from convae.summaries import Summaries
 
 LOSSES = ("mse", "bce", "l1")
@@ -63,6 +63,12 @@ class TrainConfig:
     upsample: str = "transpose"
     # optimisation
     loss: str = "mse"
+    # a contrastive term on the codes (SimCLR's NT-Xent): its weight (0: off), the smallest crop area of the
+    # two views, the projection head's output size and the temperature
+    contrastive: float = 0.0
+    contrastive_crop: float = 0.3
+    contrastive_head: int = 64
+    contrastive_tau: float = 0.5
     optimizer: str = "adam"
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -103,6 +109,14 @@ class TrainConfig:
             raise ConvaeError(f"weight_decay must be >= 0, not {self.weight_decay}")
         if self.clip_grad is not None and self.clip_grad <= 0:
             raise ConvaeError(f"clip_grad must be positive, not {self.clip_grad}")
+        if self.contrastive < 0:
+            raise ConvaeError(f"contrastive must be >= 0 (0: off), not {self.contrastive}")
+        if not 0 < self.contrastive_crop <= 1:
+            raise ConvaeError(f"contrastive_crop must be in (0, 1], not {self.contrastive_crop}")
+        if not isinstance(self.contrastive_head, int) or self.contrastive_head < 1:
+            raise ConvaeError(f"contrastive_head must be a positive integer, not {self.contrastive_head!r}")
+        if not self.contrastive_tau > 0:
+            raise ConvaeError(f"contrastive_tau must be positive, not {self.contrastive_tau}")
         if self.patience is not None and self.patience < 1:
             raise ConvaeError(f"patience must be a positive integer, not {self.patience}")
         if self.loss == "bce" and self.normalize != "unit":
@@ -218,6 +232,39 @@ def _loss_fn(name: str) -> Callable[[Tensor, Tensor], Tensor]:
     return {"mse": F.mse_loss, "l1": F.l1_loss, "bce": F.binary_cross_entropy}[name]
 
 
+def nt_xent(a: Tensor, b: Tensor, tau: float) -> Tensor:
+    """SimCLR's contrastive loss (Chen et al., 2020): row i of ``a`` and of ``b`` are two views of one sample.
+
+    Each view's positive is the other view of its sample, its negatives the
+    other 2N - 2 views of the batch; cross-entropy over cosine similarities / tau.
+    """
+    z = F.normalize(torch.cat([a, b]), dim=1)
+    n = len(a)
+    sim = (z @ z.T / tau).fill_diagonal_(float("-inf"))  # a view is not its own positive
+    positives = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
+    return F.cross_entropy(sim, positives)
+
+
+class _WithProjection(nn.Module):
+    """The autoencoder and the projection head of a contrastive term: one module, so DDP
+    and torch.compile see the whole step. Returns the reconstruction and the projected codes."""
+
+    def __init__(self, model: AutoEncoder, head: nn.Module):
+        super().__init__()
+        self.model, self.head = model, head
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        out, z = self.model.forward_with_code(x)
+        with torch.autocast(x.device.type, enabled=False):  # the head and the term in float32, as the loss
+            return out, self.head(z.float().flatten(1))
+
+
+def projection_head(code_size: int, outputs: int) -> nn.Module:
+    """SimCLR's MLP on the codes (code -> 256 -> outputs): the term shapes the codes through it,
+    so they keep what the head discards. Trained and checkpointed with the run, not exported."""
+    return nn.Sequential(nn.Linear(code_size, 256), nn.ReLU(), nn.Linear(256, outputs))
+
+
 @dataclass
 class Prepared:
     """What a run needs besides its config: data splits, preprocessing and the model."""
@@ -278,12 +325,12 @@ class _BatchNormFrozen:
         self.model.train(self.was_training)
 
 
-def _make_optimizer(config: TrainConfig, model: nn.Module, total_steps: int, device: torch.device):
+def _make_optimizer(config: TrainConfig, params: list[nn.Parameter], total_steps: int, device: torch.device):
     cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
     kwargs: dict[str, Any] = {"lr": config.lr, "weight_decay": config.weight_decay}
     if device.type == "cuda":
         kwargs["fused"] = True
-    optimizer = cls(model.parameters(), **kwargs)
+    optimizer = cls(params, **kwargs)
     if config.schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
     elif config.schedule == "onecycle":
@@ -332,6 +379,11 @@ class Trainer:
         self.noise = Noise.parse(config.noise)
         self.augment = Augment.parse(config.augment)
         self.loss_fn = _loss_fn(config.loss)
+        self.head: nn.Module | None = None
+        if config.contrastive:
+            if sample.ndim != 4:
+                raise ConvaeError("contrastive compares crops of 2-D images; this data is not (N, C, H, W)")
+            self.head = projection_head(math.prod(self.model.code_shape), config.contrastive_head).to(device)
         n = len(self.train_idx)
         # batch_size is the global batch; each of the world's processes takes an
         # equal slice, so the number of steps does not depend on the process count.
@@ -349,13 +401,14 @@ class Trainer:
                     "--sync-bn needs CUDA devices (PyTorch's SyncBatchNorm); on CPU batch norm is per process"
                 )
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        # `net` is what the training step calls: DDP-wrapped with several processes,
-        # compiled on request. Evaluation and checkpoints use the plain `model`.
-        self.net: nn.Module = self.model
+        # `net` is what the training step calls: with the projection head of a contrastive
+        # term, DDP-wrapped with several processes, compiled on request. Evaluation and
+        # checkpoints use the plain `model` (and `head`).
+        self.net: nn.Module = self.model if self.head is None else _WithProjection(self.model, self.head)
         if world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
-            self.net = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+            self.net = DistributedDataParallel(self.net, device_ids=[device.index] if device.type == "cuda" else None)
         if self.compile:
             self.net = self._compiled_or_eager(self.net, automatic_compile)
         # Recorded in the config, so a resumed run computes exactly as before.
@@ -364,8 +417,9 @@ class Trainer:
         # and any smaller last batch when compiling: a second shape would compile and capture again.
         partial = n % self.batch >= 2 * world and not self.compile
         self.steps_per_epoch = n // self.batch + (1 if partial else 0)
+        self.params = [*self.model.parameters(), *(self.head.parameters() if self.head is not None else [])]
         self.optimizer, self.scheduler = _make_optimizer(
-            config, self.model, config.epochs * self.steps_per_epoch, device
+            config, self.params, config.epochs * self.steps_per_epoch, device
         )
         self.state = _State()
         self.summaries: Summaries | None = None
@@ -412,11 +466,11 @@ class Trainer:
         """
         compiled = torch.compile(net, mode="default" if self.compile is True else self.compile)
         saved = {name: b.clone() for name, b in self.model.named_buffers()}
-        noisy, clean = self._prepare_batch(self._rows(self._shard(self.train_idx[: self.batch])), None)
+        noisy, clean = self._prepare_batch(self._rows(self._shard(self.train_idx[: self.batch])), None, augment=True)
         was_training = self.model.training
         self.model.train()
         try:
-            self._loss(compiled, noisy, clean).backward()
+            self._loss(compiled, noisy, clean)[0].backward()
         except Exception as err:
             reason = f"torch.compile failed ({_first_line(err)})"
             if not automatic:
@@ -428,24 +482,33 @@ class Trainer:
             with torch.no_grad():
                 for name, b in self.model.named_buffers():
                     b.copy_(saved[name])
-            for p in self.model.parameters():
+            for p in self.params:
                 p.grad = None
             self.model.train(was_training)
         return compiled
 
-    def _loss(self, net: nn.Module, noisy: Tensor, clean: Tensor) -> Tensor:
-        """A training step's loss: the forward pass under bf16 autocast when on, the loss in float32."""
+    def _loss(self, net: nn.Module, noisy: Tensor, clean: Tensor) -> tuple[Tensor, Tensor | None]:
+        """A training step's loss and its contrastive term (None without one): the forward pass
+        under bf16 autocast when on, the losses in float32."""
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             out = net(noisy)
-        return self.loss_fn(out.float(), clean)
+        if self.head is None:
+            return self.loss_fn(out.float(), clean), None
+        out, projected = out
+        term = nt_xent(*projected.chunk(2), self.config.contrastive_tau)
+        return self.loss_fn(out.float(), clean) + self.config.contrastive * term, term
 
     def _prepare_batch(
         self, raw: Tensor, generator: torch.Generator | None, augment: bool = False
     ) -> tuple[Tensor, Tensor]:
-        """(network input, target) of a raw batch; ``augment`` only for training steps."""
+        """(network input, target) of a raw batch; ``augment`` only for training steps, where a
+        contrastive term makes the batch two crops of each sample (the first views, then the second)."""
         norm = self.p.normalizer
         if augment and self.augment is not None:
             raw = self.augment.apply(raw, self.p.data_low, generator)
+        if augment and self.head is not None:
+            crop = self.config.contrastive_crop
+            raw = torch.cat([resized_crops(raw, crop, generator), resized_crops(raw, crop, generator)])
         clean = norm.transform(raw)
         noisy = clean
         if self.noise is not None:
@@ -467,11 +530,15 @@ class Trainer:
             "best_val": self.state.best_val,
             "bad_epochs": self.state.bad_epochs,
             "metrics": self.state.metrics,
-        }
+        } | ({"head": self.head.state_dict()} if self.head is not None else {})
 
     def load_state(self, state: dict[str, Any]) -> None:
+        if ("head" in state) != (self.head is not None):
+            raise ConvaeError("checkpoint does not match this run: a contrastive head in one and not the other")
         try:
             self.model.load_state_dict(state["model"])
+            if self.head is not None:
+                self.head.load_state_dict(state["head"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
         except (RuntimeError, ValueError, KeyError) as err:
@@ -542,23 +609,26 @@ class Trainer:
                 order = self.train_idx[perm]
                 model.train()
                 running = torch.zeros((), device=self.device)
+                running_term = torch.zeros((), device=self.device)
                 first_bad = torch.full((), -1, device=self.device, dtype=torch.long)
                 started = time.perf_counter()
                 seen = 0
                 for i in range(self.steps_per_epoch):
                     batch = order[i * self.batch : (i + 1) * self.batch]
                     noisy, clean = self._prepare_batch(self._rows(self._shard(batch)), generator, augment=True)
-                    loss = self._loss(self.net, noisy, clean)
+                    loss, term = self._loss(self.net, noisy, clean)
                     self.optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     if config.clip_grad:
-                        nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
+                        nn.utils.clip_grad_norm_(self.params, config.clip_grad)
                     self.optimizer.step()
                     self.scheduler.step()
                     step = self.state.step + i + 1
                     # Kept on the device: no host synchronisation per step.
                     first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step, first_bad)
                     running += loss.detach()
+                    if term is not None:
+                        running_term += term.detach()
                     seen += len(batch)
                     if on_step is not None:
                         on_step(step)
@@ -573,7 +643,8 @@ class Trainer:
                 self.state.step += self.steps_per_epoch
                 self.state.epoch += 1
                 train_loss = float(distributed.all_mean(running, self.dist)) / self.steps_per_epoch
-                self._end_epoch(train_loss, seen / elapsed, elapsed)
+                term = float(distributed.all_mean(running_term, self.dist)) / self.steps_per_epoch
+                self._end_epoch(train_loss, seen / elapsed, elapsed, term if self.head is not None else None)
         finally:
             bar.close()
 
@@ -603,7 +674,7 @@ class Trainer:
         with _Eval(self.model):
             self.summaries.graph(self.model, noisy)
 
-    def _end_epoch(self, train_loss: float, images_per_s: float, seconds: float) -> None:
+    def _end_epoch(self, train_loss: float, images_per_s: float, seconds: float, term: float | None) -> None:
         config, state = self.config, self.state
         epoch = state.epoch
         val_idx = self._val_idx()
@@ -620,7 +691,7 @@ class Trainer:
             "lr": self.optimizer.param_groups[0]["lr"],
             "images_per_s": images_per_s,
             "seconds": seconds,
-        }
+        } | ({"train_contrastive": term} if term is not None else {})
         state.metrics.append(row)
         improved = val["loss"] < state.best_val
         if improved:
@@ -644,7 +715,8 @@ class Trainer:
                 "val/psnr": val["psnr"],
                 "lr": row["lr"],
                 "images_per_s": images_per_s,
-            },
+            }
+            | ({"loss/train_contrastive": term} if term is not None else {}),
             state.step,
         )
         every = config.image_every or max(1, config.epochs // 4)

@@ -335,6 +335,19 @@ def test_compile_that_fails_falls_back_when_automatic_and_stops_when_asked(npz, 
     assert result["epochs"] == 1
 
 
+def test_contrastive_step_compiles_with_its_head(npz, tmp_path, monkeypatch):
+    graphs = []
+
+    def counting(graph, example_inputs):
+        graphs.append(graph)
+        return graph.forward
+
+    _compile_with(monkeypatch, counting)
+    result = train(_config(npz, tmp_path, compile=True, contrastive=0.5, contrastive_head=4, epochs=1))
+    assert graphs and json.loads((tmp_path / "run" / "config.json").read_text())["compile"] is True
+    assert result["metrics"][0]["train_contrastive"] > 0
+
+
 def test_compiled_steps_see_one_batch_shape(npz, tmp_path, monkeypatch):
     _compile_with(monkeypatch, "eager")
     sizes = {}

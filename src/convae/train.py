@@ -401,6 +401,8 @@ class Trainer:
                     "--sync-bn needs CUDA devices (PyTorch's SyncBatchNorm); on CPU batch norm is per process"
                 )
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        # What the optimizer steps (after the layout and SyncBatchNorm conversions, which keep parameters).
+        self.params = [*self.model.parameters(), *(self.head.parameters() if self.head is not None else [])]
         # `net` is what the training step calls: with the projection head of a contrastive
         # term, DDP-wrapped with several processes, compiled on request. Evaluation and
         # checkpoints use the plain `model` (and `head`).
@@ -417,7 +419,6 @@ class Trainer:
         # and any smaller last batch when compiling: a second shape would compile and capture again.
         partial = n % self.batch >= 2 * world and not self.compile
         self.steps_per_epoch = n // self.batch + (1 if partial else 0)
-        self.params = [*self.model.parameters(), *(self.head.parameters() if self.head is not None else [])]
         self.optimizer, self.scheduler = _make_optimizer(
             config, self.params, config.epochs * self.steps_per_epoch, device
         )

@@ -72,6 +72,7 @@ def test_train_user_errors_are_one_line_and_leave_nothing(tmp_path, capsys):
         ["--data", f"npy:{tmp_path / 'missing.npy'}"],
         ["--data", "digits", "--arch", "conv(8,9,padding=valid) dense(2)"],
         ["--data", "digits", "--arch", "nosuchpreset"],
+        ["--data", "digits", "--contrastive", "-1"],
     ]
     for args in cases:
         assert main(["train", *args, "--out", str(out), "--quiet"]) == 2, args

@@ -302,7 +302,8 @@ def _no_c_compiler(graph, example_inputs):
     raise RuntimeError("Failed to find C compiler. Please specify via CC environment variable.")
 
 
-def test_compile_is_tried_on_one_batch_and_leaves_the_model_as_it_was(npz, tmp_path, monkeypatch):
+def _counting_compiles(monkeypatch):
+    """The graphs Dynamo hands its backend, run as they are."""
     graphs = []
 
     def counting(graph, example_inputs):
@@ -310,7 +311,13 @@ def test_compile_is_tried_on_one_batch_and_leaves_the_model_as_it_was(npz, tmp_p
         return graph.forward
 
     _compile_with(monkeypatch, counting)
-    config = _config(npz, tmp_path, compile=True)
+    return graphs
+
+
+@pytest.mark.parametrize("extra", [{}, {"contrastive": 0.5, "contrastive_head": 4}])
+def test_compile_is_tried_on_one_batch_and_leaves_the_model_as_it_was(npz, tmp_path, monkeypatch, extra):
+    graphs = _counting_compiles(monkeypatch)
+    config = _config(npz, tmp_path, compile=True, **extra)
     prepared = prepare(config)
     before = {name: b.clone() for name, b in prepared.model.named_buffers()}
     trainer = Trainer(config, tmp_path, prepared, torch.device("cpu"))
@@ -318,7 +325,7 @@ def test_compile_is_tried_on_one_batch_and_leaves_the_model_as_it_was(npz, tmp_p
     after = dict(trainer.model.named_buffers())
     for name, b in before.items():
         assert torch.equal(b, after[name]), name  # the trial's batch-norm update was put back
-    assert all(p.grad is None for p in trainer.model.parameters())
+    assert all(p.grad is None for p in trainer.params)  # the model's and the contrastive head's
 
 
 def test_compile_that_fails_falls_back_when_automatic_and_stops_when_asked(npz, tmp_path, monkeypatch, capsys):
@@ -336,13 +343,7 @@ def test_compile_that_fails_falls_back_when_automatic_and_stops_when_asked(npz, 
 
 
 def test_contrastive_step_compiles_with_its_head(npz, tmp_path, monkeypatch):
-    graphs = []
-
-    def counting(graph, example_inputs):
-        graphs.append(graph)
-        return graph.forward
-
-    _compile_with(monkeypatch, counting)
+    graphs = _counting_compiles(monkeypatch)
     result = train(_config(npz, tmp_path, compile=True, contrastive=0.5, contrastive_head=4, epochs=1))
     assert graphs and json.loads((tmp_path / "run" / "config.json").read_text())["compile"] is True
     assert result["metrics"][0]["train_contrastive"] > 0

@@ -467,6 +467,7 @@ class Trainer:
         """
         compiled = torch.compile(net, mode="default" if self.compile is True else self.compile)
         saved = {name: b.clone() for name, b in self.model.named_buffers()}
+        # a training step's batch: with a contrastive term, two views of each sample
         noisy, clean = self._prepare_batch(self._rows(self._shard(self.train_idx[: self.batch])), None, augment=True)
         was_training = self.model.training
         self.model.train()
@@ -644,8 +645,10 @@ class Trainer:
                 self.state.step += self.steps_per_epoch
                 self.state.epoch += 1
                 train_loss = float(distributed.all_mean(running, self.dist)) / self.steps_per_epoch
-                term = float(distributed.all_mean(running_term, self.dist)) / self.steps_per_epoch
-                self._end_epoch(train_loss, seen / elapsed, elapsed, term if self.head is not None else None)
+                term = None
+                if self.head is not None:
+                    term = float(distributed.all_mean(running_term, self.dist)) / self.steps_per_epoch
+                self._end_epoch(train_loss, seen / elapsed, elapsed, term)
         finally:
             bar.close()
 

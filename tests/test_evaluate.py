@@ -79,6 +79,17 @@ def test_eval_cli(run_dir, capsys):
     assert "no best.pt checkpoint" in capsys.readouterr().err
 
 
+def test_commands_on_a_run_take_threads(run_dir, tmp_path, capsys, monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)  # recorded, not applied to the test process
+    assert main(["eval", str(run_dir), "--json", "--no-probe", "--threads", "1"]) == 0 and calls == [1]
+    assert main(["encode", str(run_dir), "--out", str(tmp_path / "c.npy"), "--quiet", "--threads", "2"]) == 0
+    assert calls == [1, 2]
+    with pytest.raises(SystemExit) as exit_:
+        main(["score", str(run_dir), "--threads", "0"])
+    assert exit_.value.code == 2 and "'0' is not a positive number of threads" in capsys.readouterr().err
+
+
 def test_encode_cli_npz_and_npy(run_dir, tmp_path):
     assert main(["encode", str(run_dir), "--out", str(tmp_path / "codes.npz"), "--quiet"]) == 0
     saved = np.load(tmp_path / "codes.npz")

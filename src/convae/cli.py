@@ -52,6 +52,12 @@ def _image_size(text: str) -> list[int]:
     return shape
 
 
+def _threads(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a positive number of threads")
+    return int(text)
+
+
 def _int_list(text: str) -> list[int]:
     try:
         return [int(v) for v in text.split(",") if v.strip()]
@@ -309,6 +315,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="evaluate on this dataset instead of the run's test split")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-probe", action="store_true", help="skip the linear probe")
+    p.add_argument("--threads", type=_threads, help="CPU threads for PyTorch (default: PyTorch's)")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("encode", help="write the codes of a dataset", description="Write the code of every sample.")
@@ -319,6 +326,7 @@ def make_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="codes.npy, or codes.npz for codes and labels")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--threads", type=_threads, help="CPU threads for PyTorch (default: PyTorch's)")
     p.set_defaults(func=_cmd_encode)
 
     p = sub.add_parser(
@@ -332,6 +340,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=64, help="samples from --data (default 64)")
     p.add_argument("--noise", help="corrupt the input first (e.g. gaussian:0.3): noisy | clean side by side")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--threads", type=_threads, help="CPU threads for PyTorch (default: PyTorch's)")
     p.set_defaults(func=_cmd_reconstruct)
 
     p = sub.add_parser(
@@ -349,6 +358,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--maps", help="folder for per-pixel error maps of the highest-scoring samples")
     p.add_argument("--summary", help="JSON file for the threshold and metrics")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--threads", type=_threads, help="CPU threads for PyTorch (default: PyTorch's)")
     p.set_defaults(func=_cmd_score)
 
     p = sub.add_parser(
@@ -370,6 +380,10 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
+    if args.func is not _cmd_train and getattr(args, "threads", None):  # train takes it as a setting
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         return args.func(args)
     except ConvaeError as err:

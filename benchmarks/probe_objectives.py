@@ -58,8 +58,8 @@ benchmarks/RESULTS.md says what each gave.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -71,12 +71,12 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import convae
-from convae import presets
+from convae import checkpoint, presets
 from convae.data import load, split_validation
 from convae.errors import ConvaeError
 from convae.evaluate import linear_probe
 from convae.preprocess import Augment, resized_crops
-from convae.train import LOSSES, _loss_fn, nt_xent, pick_device
+from convae.train import LOSSES, _loss_fn, nt_xent, pick_device, projection_head
 
 OBJECTIVES = ("none", "invariance", "contrastive", "acai", "l1", "uniformity", "idec", "rotation")
 TWO_VIEWS = ("invariance", "contrastive")
@@ -278,11 +278,7 @@ def main() -> None:
         parser.error(str(err))
     code_size = math.prod(model.code_shape)
     outputs = 4 if args.objective == "rotation" else args.head  # rotation's head tells one of four turns
-    head = (
-        torch.nn.Sequential(torch.nn.Linear(code_size, 256), torch.nn.ReLU(), torch.nn.Linear(256, outputs))
-        if outputs
-        else torch.nn.Identity()
-    ).to(device)
+    head = (projection_head(code_size, outputs) if outputs else torch.nn.Identity()).to(device)
     optimizer = torch.optim.AdamW([*model.parameters(), *head.parameters()], lr=2e-3, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=args.epochs * steps_per_epoch)
     generator = torch.Generator().manual_seed(args.seed + 1)
@@ -384,9 +380,8 @@ def main() -> None:
             state = {name: part.state_dict() for name, part in parts.items()}
             state |= {"settings": run_settings, "epoch": epoch + 1, "elapsed": time.perf_counter() - started}
             state |= {"generator": generator.get_state(), "torch_rng": torch.get_rng_state()}
-            partial = args.state.with_name(args.state.name + ".partial")
-            torch.save(state, partial)
-            os.replace(partial, args.state)  # a call killed while saving leaves the last whole state
+            # a call killed while saving leaves the last whole state
+            checkpoint.atomic_write(args.state, functools.partial(torch.save, state))
             if args.stop_after is not None and epoch + 1 - first_epoch >= args.stop_after and epoch + 1 < args.epochs:
                 print(f"stopped after epoch {epoch + 1} of {args.epochs}; the same command goes on from {args.state}")
                 return

@@ -12,7 +12,7 @@ import torch
 from helpers import write_npz
 
 from convae import checkpoint
-from convae.train import resolve_config, train
+from convae.train import nt_xent, projection_head, resolve_config, train
 
 # Settings under which 2 processes and 1 process compute the same thing: the same
 # global batch and seed (convae splits each batch over the processes), float32
@@ -148,3 +148,22 @@ def test_a_failing_rank_ends_the_job_with_its_message(data, tmp_path):
     assert "convae: error (rank 1): planted failure at step 3" in result.stderr
     assert time.monotonic() - started < 120  # ended, not hung
     assert not (tmp_path / "run").exists()  # failed before the first checkpoint: nothing left
+
+
+@pytest.mark.parametrize("total", [8, 7])  # 7: shards of 4 and 3 rows, as a last partial batch
+def test_contrastive_negatives_span_the_processes(tmp_path, total):
+    # Each process's views meet the other process's as negatives: the term and the gradients
+    # DDP averages are those of one process on the whole batch.
+    script = Path(__file__).parent / "scripts" / "contrastive_shards.py"
+    result = _torchrun([str(total), str(tmp_path)], tmp_path, script=script)
+    assert result.returncode == 0, result.stderr[-3000:]
+    torch.manual_seed(0)
+    head = projection_head(5, 3)
+    views = torch.randn(2, total, 5)
+    term = nt_xent(head(views[0]), head(views[1]), 0.5)
+    term.backward()
+    for rank in range(2):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        assert torch.allclose(got["term"], term, atol=1e-6)
+        for name, param in head.named_parameters():
+            assert torch.allclose(got["grads"][name], param.grad, atol=1e-6), (rank, name)

@@ -70,6 +70,46 @@ def all_max(value: torch.Tensor, info: Dist) -> torch.Tensor:
     return value
 
 
+def shard_bounds(total: int, info: Dist) -> tuple[int, int]:
+    """This process's rows [start, stop) of a global batch of ``total`` rows (all of them in a
+    single process); sizes differ by at most one row when ``total`` does not split evenly."""
+    return total * info.rank // info.world, total * (info.rank + 1) // info.world
+
+
+def gather_rows(rows: torch.Tensor, total: int, info: Dist) -> torch.Tensor:
+    """Every process's ``rows`` (its shard of a global batch of ``total`` rows), in rank order,
+    with gradients flowing back to each process's own rows.
+
+    Each process then computes the loss of the whole batch; the gradient it gets for its rows
+    is the sum over the processes of that loss's gradient, so DDP's average of the parameter
+    gradients is the gradient one process would compute on the whole batch.
+    """
+    if info.world == 1:
+        return rows
+    return _GatherRows.apply(rows, total, info)
+
+
+class _GatherRows(torch.autograd.Function):
+    # Not torch.distributed.nn.functional.all_gather: it is deprecated, and wants the same
+    # number of rows on every process, which a last partial batch need not have.
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor, total: int, info: Dist) -> torch.Tensor:
+        ctx.bounds = shard_bounds(total, info)
+        sizes = [shard_bounds(total, Dist(r, r, info.world)) for r in range(info.world)]
+        padded = rows.new_zeros((max(stop - start for start, stop in sizes), *rows.shape[1:]))
+        padded[: len(rows)] = rows
+        gathered = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(gathered, padded)
+        return torch.cat([g[: stop - start] for g, (start, stop) in zip(gathered, sizes)])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        start, stop = ctx.bounds
+        return grad[start:stop], None, None
+
+
 def barrier(info: Dist) -> None:
     if info.world > 1:
         dist.barrier()

@@ -472,7 +472,7 @@ class Trainer:
         was_training = self.model.training
         self.model.train()
         try:
-            self._loss(compiled, noisy, clean)[0].backward()
+            self._loss(compiled, noisy, clean, self.batch)[0].backward()
         except Exception as err:
             reason = f"torch.compile failed ({_first_line(err)})"
             if not automatic:
@@ -489,15 +489,18 @@ class Trainer:
             self.model.train(was_training)
         return compiled
 
-    def _loss(self, net: nn.Module, noisy: Tensor, clean: Tensor) -> tuple[Tensor, Tensor | None]:
-        """A training step's loss and its contrastive term (None without one): the forward pass
-        under bf16 autocast when on, the losses in float32."""
+    def _loss(self, net: nn.Module, noisy: Tensor, clean: Tensor, total: int) -> tuple[Tensor, Tensor | None]:
+        """A training step's loss and its contrastive term (None without one) on this process's
+        shard of a global batch of ``total`` samples: the forward pass under bf16 autocast when
+        on, the losses in float32."""
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             out = net(noisy)
         if self.head is None:
             return self.loss_fn(out.float(), clean), None
         out, projected = out
-        term = nt_xent(*projected.chunk(2), self.config.contrastive_tau)
+        # Each sample's negatives are the views of the whole global batch, as in one process.
+        pairs = distributed.gather_rows(torch.stack(projected.chunk(2), 1), total, self.dist)
+        term = nt_xent(*pairs.unbind(1), self.config.contrastive_tau)
         return self.loss_fn(out.float(), clean) + self.config.contrastive * term, term
 
     def _prepare_batch(
@@ -618,7 +621,7 @@ class Trainer:
                 for i in range(self.steps_per_epoch):
                     batch = order[i * self.batch : (i + 1) * self.batch]
                     noisy, clean = self._prepare_batch(self._rows(self._shard(batch)), generator, augment=True)
-                    loss, term = self._loss(self.net, noisy, clean)
+                    loss, term = self._loss(self.net, noisy, clean, len(batch))
                     self.optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     if config.clip_grad:
@@ -658,8 +661,8 @@ class Trainer:
 
     def _shard(self, batch: Tensor) -> Tensor:
         """This process's slice of a global batch (all of it in a single process)."""
-        rank, world = self.dist.rank, self.dist.world
-        return batch[len(batch) * rank // world : len(batch) * (rank + 1) // world]
+        start, stop = distributed.shard_bounds(len(batch), self.dist)
+        return batch[start:stop]
 
     def _check_finite(self, first_bad: Tensor, epoch: int) -> None:
         # Every process learns of a bad step on any process, so all stop together.

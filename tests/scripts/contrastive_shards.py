@@ -1,0 +1,29 @@
+"""The contrastive term on each process's shard under torchrun and DDP (for tests).
+
+Usage: torchrun ... contrastive_shards.py TOTAL OUT_DIR
+Each rank writes OUT_DIR/rank{R}.pt: its term and the head's gradients after DDP.
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from convae import distributed
+from convae.train import nt_xent, projection_head
+
+total, out = int(sys.argv[1]), Path(sys.argv[2])
+info, _ = distributed.setup(torch.device("cpu"))
+torch.manual_seed(0)
+head = projection_head(5, 3)
+views = torch.randn(2, total, 5)  # two views of each of `total` samples
+start, stop = distributed.shard_bounds(total, info)
+net = DistributedDataParallel(head)
+projected = net(torch.cat([views[0, start:stop], views[1, start:stop]]))
+pairs = distributed.gather_rows(torch.stack(projected.chunk(2), 1), total, info)
+term = nt_xent(*pairs.unbind(1), 0.5)
+term.backward()
+grads = {name: param.grad for name, param in head.named_parameters()}
+torch.save({"term": term.detach(), "grads": grads}, out / f"rank{info.rank}.pt")
+distributed.cleanup()

@@ -272,6 +272,11 @@ def _cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_threads_flag(p: argparse.ArgumentParser) -> None:
+    # train takes --threads as a setting (TRAIN_FLAGS); the commands that use a run, here
+    p.add_argument("--threads", type=_threads, help="CPU threads for PyTorch (default: PyTorch's)")
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="convae", description="Convolutional autoencoders whose decoder mirrors the encoder."
@@ -315,7 +320,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="evaluate on this dataset instead of the run's test split")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-probe", action="store_true", help="skip the linear probe")
-    p.add_argument("--threads", type=_threads, help="CPU threads for PyTorch (default: PyTorch's)")
+    _add_threads_flag(p)
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("encode", help="write the codes of a dataset", description="Write the code of every sample.")
@@ -326,7 +331,7 @@ def make_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="codes.npy, or codes.npz for codes and labels")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--threads", type=_threads, help="CPU threads for PyTorch (default: PyTorch's)")
+    _add_threads_flag(p)
     p.set_defaults(func=_cmd_encode)
 
     p = sub.add_parser(
@@ -340,7 +345,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=64, help="samples from --data (default 64)")
     p.add_argument("--noise", help="corrupt the input first (e.g. gaussian:0.3): noisy | clean side by side")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--threads", type=_threads, help="CPU threads for PyTorch (default: PyTorch's)")
+    _add_threads_flag(p)
     p.set_defaults(func=_cmd_reconstruct)
 
     p = sub.add_parser(
@@ -358,7 +363,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--maps", help="folder for per-pixel error maps of the highest-scoring samples")
     p.add_argument("--summary", help="JSON file for the threshold and metrics")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.add_argument("--threads", type=_threads, help="CPU threads for PyTorch (default: PyTorch's)")
+    _add_threads_flag(p)
     p.set_defaults(func=_cmd_score)
 
     p = sub.add_parser(

@@ -1,9 +1,11 @@
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from convae import checkpoint
 from convae.train import resolve_config, train
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -127,3 +129,30 @@ def test_probe_layers_probes_the_input_every_block_and_the_code(tmp_path):
 def test_probe_layers_refuses_a_missing_run_in_one_line(tmp_path):
     result = _run("probe_layers.py", str(tmp_path / "nothing"))
     assert result.returncode == 2 and "error:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_quality_finishes_a_stopped_run_and_evaluates_it(tmp_path):
+    config = resolve_config(dict(data="digits", arch="small", epochs=2, batch_size=64, threads=1))
+    config.out, config.quiet, config.histograms = str(tmp_path / "run"), True, False
+
+    def stop_in_second_epoch(step):
+        if step == 30:  # 26 steps an epoch: the first epoch's checkpoint is written
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, on_step=stop_in_second_epoch)
+    result = _run("quality.py", "--resume", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr
+    row = json.loads(result.stdout.splitlines()[0])
+    assert row["preset"] == "small" and row["epochs"] == 2 and row["code"] == 16 and 0 < row["probe"] <= 1
+    assert row["test_mse"] > 0 and row["pca_mse"] > 0 and "| small | 16 | 2 |" in result.stdout
+    metrics = checkpoint.load(tmp_path / "run" / "last.pt")["metrics"]
+    assert len(metrics) == 2 and row["minutes"] == round(sum(m["seconds"] for m in metrics) / 60, 1)
+
+    finished = (tmp_path / "run" / "last.pt").stat().st_mtime_ns
+    again = _run("quality.py", "--resume", str(tmp_path / "run"))  # finished: evaluated, not trained
+    assert again.returncode == 0 and json.loads(again.stdout.splitlines()[0])["test_mse"] == row["test_mse"]
+    assert (tmp_path / "run" / "last.pt").stat().st_mtime_ns == finished
+    for args in (["--resume", str(tmp_path / "nothing")], ["--resume", str(tmp_path / "run"), "--epochs", "3"]):
+        refused = _run("quality.py", *args)
+        assert refused.returncode == 2 and "error:" in refused.stderr and "Traceback" not in refused.stderr, args

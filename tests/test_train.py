@@ -12,6 +12,7 @@ from convae.preprocess import Augment
 from convae.train import (
     TrainConfig,
     Trainer,
+    batch_norm_lag,
     epoch_seeds,
     load_run,
     nt_xent,
@@ -370,3 +371,12 @@ def test_without_a_validation_split_a_capped_spread_of_training_images_stands_in
     subset = trainer._val_idx()
     assert 4 <= len(subset) <= 7  # every k-th image, k chosen to keep it under the cap
     assert subset[0] == trainer.train_idx[0] and subset[-1] > trainer.train_idx[len(trainer.train_idx) // 2]
+
+
+def test_batch_norm_lag_warns_only_when_eval_mode_is_the_worse():
+    # Running statistics behind the weights: eval mode far worse than each batch's own statistics.
+    warning = batch_norm_lag(0.09, 0.03)
+    assert warning and "3.0 times" in warning and "running statistics lag" in warning
+    assert batch_norm_lag(0.05, 0.03) is None  # within a factor of two
+    # Train mode the worse, as under --contrastive (training batches are crops): not a lag.
+    assert batch_norm_lag(0.0115, 0.035) is None

@@ -209,6 +209,19 @@ def _can_compile_for(device: torch.device) -> bool:
     return has_triton() and torch.cuda.get_device_capability(device) >= (7, 0)
 
 
+def batch_norm_lag(eval_loss: float, train_mode_loss: float) -> str | None:
+    """A warning when the validation loss in eval mode (batch norm's running statistics) is
+    more than twice that in train mode (each batch's own statistics): the running statistics
+    lag the weights. Only that way round: train mode can be the worse one for reasons of its
+    own, as under --contrastive, whose training batches are crops with other statistics."""
+    if not eval_loss > 2 * train_mode_loss:
+        return None
+    return (
+        f"validation loss in eval mode ({eval_loss:.4g}) is {eval_loss / max(train_mode_loss, 1e-12):.1f} times "
+        f"train mode's ({train_mode_loss:.4g}): batch-norm running statistics lag the weights"
+    )
+
+
 def _first_line(err: BaseException) -> str:
     """``Type: first line`` of an error; for Dynamo's wrapper, of the backend's own error."""
     inner = getattr(err, "inner_exception", None) or err
@@ -707,12 +720,9 @@ class Trainer:
             state.bad_epochs += 1
         if not self.dist.main:
             return
-        gap = abs(val_train_mode["loss"] - val["loss"]) / max(val["loss"], 1e-12)
-        if gap > 0.5 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules()):
-            self._warn(
-                f"validation loss in eval mode ({val['loss']:.4g}) and train mode "
-                f"({val_train_mode['loss']:.4g}) differ by {gap:.0%}: batch-norm running statistics lag the weights"
-            )
+        warning = batch_norm_lag(val["loss"], val_train_mode["loss"])
+        if warning and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules()):
+            self._warn(warning)
         self.summaries.scalars(
             {
                 "loss/train": train_loss,

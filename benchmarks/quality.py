@@ -76,13 +76,12 @@ def main() -> None:
     for run in args.resume:
         try:
             state = checkpoint.load(Path(run) / "last.pt")
-            config = TrainConfig(**state["train_config"])
+            config, metrics = TrainConfig(**state["train_config"]), state["metrics"]
             if state["epoch"] < config.epochs:
-                train(resume=run)
-                state = checkpoint.load(Path(run) / "last.pt")
+                metrics = train(resume=run)["metrics"]
         except (ValueError, OSError) as err:  # not a run, or one that cannot go on
             parser.error(f"{run}: {err}")
-        minutes = sum(m["seconds"] for m in state["metrics"]) / 60  # training time over all sittings
+        minutes = sum(m["seconds"] for m in metrics) / 60  # training time over all sittings
         rows.append(_row(str(config.arch), run, config.epochs, minutes, _machine(config.device, config.threads)))
     for name, arch in runs:
         settings = {"data": "fashion-mnist", "arch": arch, "device": args.device, "quiet": True, **overrides}

@@ -94,13 +94,13 @@ class _GatherRows(torch.autograd.Function):
     # number of rows on every process, which a last partial batch need not have.
     @staticmethod
     def forward(ctx, rows: torch.Tensor, total: int, info: Dist) -> torch.Tensor:
-        ctx.bounds = shard_bounds(total, info)
-        sizes = [shard_bounds(total, Dist(r, r, info.world)) for r in range(info.world)]
-        padded = rows.new_zeros((max(stop - start for start, stop in sizes), *rows.shape[1:]))
+        bounds = [shard_bounds(total, Dist(r, r, info.world)) for r in range(info.world)]
+        ctx.bounds = bounds[info.rank]
+        padded = rows.new_zeros((max(stop - start for start, stop in bounds), *rows.shape[1:]))
         padded[: len(rows)] = rows
-        gathered = [torch.empty_like(padded) for _ in sizes]
+        gathered = [torch.empty_like(padded) for _ in bounds]
         dist.all_gather(gathered, padded)
-        return torch.cat([g[: stop - start] for g, (start, stop) in zip(gathered, sizes)])
+        return torch.cat([g[: stop - start] for g, (start, stop) in zip(gathered, bounds)])
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:

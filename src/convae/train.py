@@ -258,6 +258,14 @@ def nt_xent(a: Tensor, b: Tensor, tau: float) -> Tensor:
     return F.cross_entropy(sim, positives)
 
 
+def contrastive_term(projected: Tensor, tau: float, total: int, info: distributed.Dist) -> Tensor:
+    """NT-Xent of a step's projected views (this process's first views, then its second, of its
+    shard of a global batch of ``total`` samples); each view's negatives are the views of the
+    whole global batch, gathered from every process, as in one process."""
+    pairs = distributed.gather_rows(torch.stack(projected.chunk(2), 1), total, info)
+    return nt_xent(*pairs.unbind(1), tau)
+
+
 class _WithProjection(nn.Module):
     """The autoencoder and the projection head of a contrastive term: one module, so DDP
     and torch.compile see the whole step. Returns the reconstruction and the projected codes."""
@@ -511,9 +519,7 @@ class Trainer:
         if self.head is None:
             return self.loss_fn(out.float(), clean), None
         out, projected = out
-        # Each sample's negatives are the views of the whole global batch, as in one process.
-        pairs = distributed.gather_rows(torch.stack(projected.chunk(2), 1), total, self.dist)
-        term = nt_xent(*pairs.unbind(1), self.config.contrastive_tau)
+        term = contrastive_term(projected, self.config.contrastive_tau, total, self.dist)
         return self.loss_fn(out.float(), clean) + self.config.contrastive * term, term
 
     def _prepare_batch(

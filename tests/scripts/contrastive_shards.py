@@ -11,7 +11,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from convae import distributed
-from convae.train import nt_xent, projection_head
+from convae.train import contrastive_term, projection_head
 
 total, out = int(sys.argv[1]), Path(sys.argv[2])
 info, _ = distributed.setup(torch.device("cpu"))
@@ -21,8 +21,7 @@ views = torch.randn(2, total, 5)  # two views of each of `total` samples
 start, stop = distributed.shard_bounds(total, info)
 net = DistributedDataParallel(head)
 projected = net(torch.cat([views[0, start:stop], views[1, start:stop]]))
-pairs = distributed.gather_rows(torch.stack(projected.chunk(2), 1), total, info)
-term = nt_xent(*pairs.unbind(1), 0.5)
+term = contrastive_term(projected, 0.5, total, info)  # the trainer's term on its shard
 term.backward()
 grads = {name: param.grad for name, param in head.named_parameters()}
 torch.save({"term": term.detach(), "grads": grads}, out / f"rank{info.rank}.pt")

@@ -36,7 +36,10 @@ images; ``--crop S`` makes the views random resized crops (area S to 1,
 aspect 3/4 to 4/3, and flips; 2-D inputs) instead of ``--augment``. Other
 knobs: ``--target clean`` reconstructs the unaugmented image from one
 augmented view (the augmentation as a denoising autoencoder's noise, so the
-code need not keep the shift), ``--loss bce`` or ``l1`` (the trainer's losses),
+code need not keep the shift); with a two-view objective ``--target
+original`` reconstructs the unaugmented images from themselves, encoded in
+the same batch as the two views, and the term sees the views' codes only (so
+the decoder learns the images the probe and the test MSE see), ``--loss bce`` or ``l1`` (the trainer's losses),
 ``--edges W`` (an MSE on pixel differences), ``--code-noise S`` (gaussian noise
 on the codes in training), ``--mask R`` (hide a fraction R of the 4x4 patches
 of each input and reconstruct them all: masked-image modelling as a denoising
@@ -180,10 +183,11 @@ def main() -> None:
     parser.add_argument("--augment", default=None, help="flip, shift:N or flip+shift:N (required with an objective)")
     parser.add_argument(
         "--target",
-        choices=("view", "clean"),
+        choices=("view", "clean", "original"),
         default="view",
         help="reconstruct the augmented view (default) or the unaugmented image: the augmentation as the noise "
-        "of a denoising autoencoder",
+        "of a denoising autoencoder (clean), or, with a two-view objective, the unaugmented images from "
+        "themselves, encoded beside the two views, whose codes only the term sees (original)",
     )
     parser.add_argument("--loss", choices=LOSSES, default="mse", help="reconstruction loss (default mse)")
     parser.add_argument(
@@ -239,6 +243,8 @@ def main() -> None:
         parser.error(
             "--target clean reconstructs the unaugmented image of one augmented view: give --augment, no --objective"
         )
+    if args.target == "original" and args.objective not in TWO_VIEWS:
+        parser.error("--target original reconstructs the images beside two views: give a two-view --objective")
     if args.objective in TWO_VIEWS and augment is None and not args.crop:
         parser.error(f"--objective {args.objective} compares two augmented views: give --augment or --crop")
     if args.crop and args.objective not in TWO_VIEWS:
@@ -323,6 +329,8 @@ def main() -> None:
                 batch = augment.apply(images, 0.0, generator)
             else:
                 batch = images
+            if args.target == "original":  # the views feed the term only; the images themselves are reconstructed
+                batch = torch.cat([images, batch])
             if args.objective == "rotation":
                 turns = torch.randint(0, 4, (len(batch),), generator=generator)
                 batch = batch.clone()
@@ -331,7 +339,7 @@ def main() -> None:
             # the views are drawn on the CPU, from one generator, so a seed gives the same batches on any device;
             # each goes to the device once
             batch = batch.to(device)
-            target = images.to(device) if args.target == "clean" else batch
+            target = images.to(device) if args.target in ("clean", "original") else batch
             if args.mask:  # the noise of a denoising autoencoder: the target keeps the hidden patches
                 batch = mask_patches(batch, args.mask, 4, generator)
             batch = batch.contiguous(memory_format=torch.channels_last)
@@ -340,10 +348,15 @@ def main() -> None:
                 if args.code_noise:
                     noise = torch.randn(z.shape, generator=generator, dtype=torch.float32).to(device)
                     z = z + args.code_noise * z.detach().float().std(0) * noise
-                out = model._decode(z, sizes, switches)
+                if args.target == "original":
+                    kept = len(images)
+                    out = model._decode(z[:kept], sizes, [s if s is None else s[:kept] for s in switches])
+                else:
+                    out = model._decode(z, sizes, switches)
             loss = reconstruction(args.loss, out.float(), target, args.edges)
             if two_views:
-                term = code_term(args.objective, *head(z.float().flatten(1)).chunk(2), args.tau)
+                views = z[len(images) :] if args.target == "original" else z
+                term = code_term(args.objective, *head(views.float().flatten(1)).chunk(2), args.tau)
             elif args.objective == "rotation":
                 term = F.cross_entropy(head(z.float().flatten(1)), turns.to(device))
             elif args.objective in PENALTIES:

@@ -33,7 +33,9 @@ reconstruction loss ``weight`` times a term on the codes:
 
 The two-view objectives reconstruct both views, so a step sees twice the
 images; ``--crop S`` makes the views random resized crops (area S to 1,
-aspect 3/4 to 4/3, and flips; 2-D inputs) instead of ``--augment``. Other
+aspect 3/4 to 4/3, and flips; 2-D inputs) instead of ``--augment``, and
+``--jitter S`` distorts each view's brightness and contrast (SimCLR's colour
+jitter of strength S, for grey images). Other
 knobs: ``--target clean`` reconstructs the unaugmented image from one
 augmented view (the augmentation as a denoising autoencoder's noise, so the
 code need not keep the shift); with a two-view objective ``--target
@@ -109,6 +111,21 @@ def mask_patches(x: torch.Tensor, fraction: float, patch: int, generator: torch.
     grid = (len(x), 1, -(-height // patch), -(-width // patch))
     keep = (torch.rand(grid, generator=generator) >= fraction).to(x.device, x.dtype)
     return x * keep.repeat_interleave(patch, 2).repeat_interleave(patch, 3)[..., :height, :width]
+
+
+def jitter(x: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
+    """SimCLR's colour distortion for grey images: with probability 0.8, each image's brightness and then its
+    contrast (about its own mean) scaled by factors drawn from 1 +- 0.8 * strength, clipped to [0, 1].
+
+    Without it two crops of one image share their grey levels, a cue the contrastive term can match
+    views by without telling what the image shows (Chen et al., 2020, on colour)."""
+    n = (len(x),) + (1,) * (x.ndim - 1)
+    distorted = torch.rand(n, generator=generator) < 0.8
+    brightness, contrast = (1 + 0.8 * strength * (2 * torch.rand(n, generator=generator) - 1) for _ in range(2))
+    brightness, contrast = torch.where(distorted, brightness, 1.0), torch.where(distorted, contrast, 1.0)
+    x = (x * brightness.to(x.device)).clamp(0, 1)
+    mean = x.mean(dim=tuple(range(1, x.ndim)), keepdim=True)
+    return ((x - mean) * contrast.to(x.device) + mean).clamp(0, 1)
 
 
 def encode_all(model: convae.AutoEncoder, images: torch.Tensor) -> torch.Tensor:
@@ -209,6 +226,13 @@ def main() -> None:
         help="make the two views random resized crops of area CROP..1, and flips, instead of --augment (default 0)",
     )
     parser.add_argument(
+        "--jitter",
+        type=float,
+        default=0.0,
+        help="distort each view's brightness and contrast with this strength, as SimCLR's colour jitter "
+        "(two-view objectives; default 0)",
+    )
+    parser.add_argument(
         "--mask", type=float, default=0.0, help="hide this fraction of each input's 4x4 patches (default 0)"
     )
     parser.add_argument("--clusters", type=int, default=10, help="k-means centres for idec (default 10)")
@@ -249,6 +273,10 @@ def main() -> None:
         parser.error(f"--objective {args.objective} compares two augmented views: give --augment or --crop")
     if args.crop and args.objective not in TWO_VIEWS:
         parser.error("--crop makes the two views of --objective invariance or contrastive")
+    if args.jitter and args.objective not in TWO_VIEWS:
+        parser.error("--jitter distorts the two views of --objective invariance or contrastive")
+    if not 0 <= args.jitter <= 1:
+        parser.error("--jitter takes a strength in [0, 1]")
     if not 0 <= args.crop < 1 or not 0 <= args.mask < 1:
         parser.error("--crop and --mask take a fraction in [0, 1)")
     if args.objective == "idec" and (args.clusters < 2 or args.idec_epochs < 1):
@@ -329,6 +357,8 @@ def main() -> None:
                 batch = augment.apply(images, 0.0, generator)
             else:
                 batch = images
+            if args.jitter:
+                batch = jitter(batch, args.jitter, generator)
             if args.target == "original":  # the views feed the term only; the images themselves are reconstructed
                 batch = torch.cat([images, batch])
             if args.objective == "rotation":
@@ -408,8 +438,8 @@ def main() -> None:
     print(
         f"objective {args.objective}  weight {args.weight if args.objective != 'none' else 0}  "
         f"augment {augment or 'none'}  head {args.head}  target {args.target}  loss {args.loss}  edges {args.edges:g}  "
-        f"code noise {args.code_noise:g}  crop {args.crop:g}  mask {args.mask:g}  seed {args.seed}  "
-        f"epochs {args.epochs}  device {device}  "
+        f"code noise {args.code_noise:g}  crop {args.crop:g}  jitter {args.jitter:g}  mask {args.mask:g}  "
+        f"seed {args.seed}  epochs {args.epochs}  device {device}  "
         f"test MSE {mse:.5f}  probe {probe:.4f}  {time.perf_counter() - started:.0f} s"
     )
 

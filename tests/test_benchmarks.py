@@ -36,7 +36,7 @@ def test_cpu_variants_rejects_an_unknown_arch():
         ["--objective", "acai", "--weight", "0.5"],
         ["--augment", "shift:1", "--target", "clean", "--loss", "bce", "--edges", "1", "--code-noise", "0.1"],
         ["--objective", "invariance", "--crop", "0.3", "--mask", "0.5"],
-        ["--objective", "contrastive", "--crop", "0.3", "--head", "8", "--target", "original"],
+        ["--objective", "contrastive", "--crop", "0.3", "--head", "8", "--target", "original", "--jitter", "0.5"],
         ["--objective", "l1"],
         ["--objective", "rotation", "--weight", "1"],
         ["--objective", "uniformity"],
@@ -92,6 +92,8 @@ def test_probe_objectives_refuses_bad_arguments_in_one_line():
         ["--data", "nope"],
         ["--crop", "0.3"],  # crops make two views: they need a two-view objective
         ["--target", "original"],  # the images beside two views: the same
+        ["--jitter", "0.5"],  # it distorts two views
+        ["--objective", "contrastive", "--crop", "0.3", "--jitter", "2"],
         ["--mask", "1"],
         ["--objective", "idec", "--clusters", "1"],
         ["--device", "nope"],

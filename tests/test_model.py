@@ -118,6 +118,16 @@ def test_decode_alone_with_maxpool_uses_nearest_neighbour():
     assert model(x)[0, 0].tolist() == [[0, 5, 1], [0, 0, 0], [2, 0, 7]]
 
 
+def test_forward_with_code_can_decode_the_first_samples_alone():
+    torch.manual_seed(0)
+    model = convae.build("conv(4,3) bn relu maxpool(2) dense(5)", (1, 8, 8)).eval()
+    x = torch.rand(6, 1, 8, 8)
+    out, z = model.forward_with_code(x, decoded=2)
+    assert z.shape == (6, 5) and torch.allclose(z, model.encode(x))  # every sample's code
+    # the first two reconstructed, each through its own max-pooling switches
+    assert out.shape == (2, 1, 8, 8) and torch.allclose(out, model(x[:2]))
+
+
 def test_wrong_input_shape_is_clear():
     model = convae.build(EXAMPLE, (1, 28, 28))
     with pytest.raises(ConvaeError, match=r"expected input of shape \(N, 1, 28, 28\), got \(2, 1, 27, 28\)"):

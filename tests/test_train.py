@@ -102,6 +102,21 @@ def test_contrastive_term_trains_a_head_kept_with_the_run_and_resumes_exactly(np
         plain.load_state(a)
 
 
+def test_contrastive_views_feed_the_term_and_the_images_are_reconstructed(npz, tmp_path):
+    config = _config(npz, tmp_path, contrastive=0.5, contrastive_head=4, contrastive_crop=0.5)
+    trainer = Trainer(config, tmp_path, prepare(config), torch.device("cpu"))
+    raw = trainer._rows(torch.arange(6))
+    inputs, target = trainer._prepare_batch(raw, torch.Generator().manual_seed(0), augment=True)
+    images = trainer.p.normalizer.transform(raw)
+    assert torch.equal(target, images) and inputs.shape == (18, *images.shape[1:])
+    assert torch.equal(inputs[:6], images) and not torch.equal(inputs[6:12], inputs[12:])  # two other crops
+    trainer.net.eval()  # batch norm's running statistics, so each sample's output is its own
+    with torch.no_grad():
+        out, projected = trainer.net(inputs)
+        assert torch.allclose(out, trainer.model(images), atol=1e-6)  # the images', not the crops'
+        assert torch.allclose(projected, trainer.head(trainer.model.encode(inputs[6:]).flatten(1)), atol=1e-6)
+
+
 def test_contrastive_term_needs_2d_images_and_sane_settings(tmp_path):
     flat = f"npy:{write_npz(tmp_path / 'flat.npz')}"
     config = _config(flat, tmp_path, arch="dense(8) relu dense(4)", contrastive=1.0)

@@ -203,10 +203,17 @@ class AutoEncoder(nn.Module):
         z, sizes, switches = self._encode(x)
         return self._decode(z, sizes, switches)
 
-    def forward_with_code(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """The reconstruction and the code of each sample from one pass (for a training term on the codes)."""
+    def forward_with_code(self, x: Tensor, decoded: int | None = None) -> tuple[Tensor, Tensor]:
+        """The reconstruction and the code of each sample from one pass (for a training term on the codes).
+
+        With ``decoded``, only the first ``decoded`` samples are reconstructed: the
+        others are there for their codes alone (a contrastive term's views).
+        """
         z, sizes, switches = self._encode(x)
-        return self._decode(z, sizes, switches), z
+        if decoded is None:
+            return self._decode(z, sizes, switches), z
+        kept = [s if s is None else s[:decoded] for s in switches]
+        return self._decode(z[:decoded], sizes, kept), z
 
     def summary(self) -> str:
         """A table of encoder and decoder blocks with output shapes and parameter counts."""

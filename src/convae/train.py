@@ -63,8 +63,9 @@ class TrainConfig:
     upsample: str = "transpose"
     # optimisation
     loss: str = "mse"
-    # a contrastive term on the codes (SimCLR's NT-Xent): its weight (0: off), the smallest crop area of the
-    # two views, the projection head's output size and the temperature
+    # a contrastive term on the codes (SimCLR's NT-Xent) between two crops of each image, which are encoded
+    # beside the image but not reconstructed: its weight (0: off), the smallest crop area of the two views,
+    # the projection head's output size and the temperature
     contrastive: float = 0.0
     contrastive_crop: float = 0.3
     contrastive_head: int = 64
@@ -268,16 +269,19 @@ def contrastive_term(projected: Tensor, tau: float, total: int, info: distribute
 
 class _WithProjection(nn.Module):
     """The autoencoder and the projection head of a contrastive term: one module, so DDP
-    and torch.compile see the whole step. Returns the reconstruction and the projected codes."""
+    and torch.compile see the whole step. Takes a batch of the images, then their first
+    views, then their second views (`Trainer._prepare_batch`); returns the images'
+    reconstructions and the views' projected codes."""
 
     def __init__(self, model: AutoEncoder, head: nn.Module):
         super().__init__()
         self.model, self.head = model, head
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        out, z = self.model.forward_with_code(x)
+        images = len(x) // 3
+        out, z = self.model.forward_with_code(x, decoded=images)
         with torch.autocast(x.device.type, enabled=False):  # the head and the term in float32, as the loss
-            return out, self.head(z.float().flatten(1))
+            return out, self.head(z[images:].float().flatten(1))
 
 
 def projection_head(code_size: int, outputs: int) -> nn.Module:
@@ -526,17 +530,19 @@ class Trainer:
         self, raw: Tensor, generator: torch.Generator | None, augment: bool = False
     ) -> tuple[Tensor, Tensor]:
         """(network input, target) of a raw batch; ``augment`` only for training steps, where a
-        contrastive term makes the batch two crops of each sample (the first views, then the second)."""
+        contrastive term adds two crops of each sample's input after the inputs (the first
+        views, then the second): the term compares their codes, the target stays the images."""
         norm = self.p.normalizer
         if augment and self.augment is not None:
             raw = self.augment.apply(raw, self.p.data_low, generator)
+        seen = raw if self.noise is None else self.noise.apply(raw, self.p.data_low, self.p.data_high, generator)
         if augment and self.head is not None:
+            # Reconstructing the crops instead would train the decoder on zoomed-in images the model never
+            # meets after training: worse test MSE and a worse probe (benchmarks/RESULTS.md).
             crop = self.config.contrastive_crop
-            raw = torch.cat([resized_crops(raw, crop, generator), resized_crops(raw, crop, generator)])
+            seen = torch.cat([seen, resized_crops(seen, crop, generator), resized_crops(seen, crop, generator)])
         clean = norm.transform(raw)
-        noisy = clean
-        if self.noise is not None:
-            noisy = norm.transform(self.noise.apply(raw, self.p.data_low, self.p.data_high, generator))
+        noisy = clean if seen is raw else norm.transform(seen)
         if self.channels_last:
             noisy = noisy.contiguous(memory_format=torch.channels_last)
         return noisy, clean

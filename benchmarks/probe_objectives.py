@@ -80,7 +80,7 @@ from convae import checkpoint, presets
 from convae.data import load, split_validation
 from convae.errors import ConvaeError
 from convae.evaluate import linear_probe
-from convae.preprocess import Augment, resized_crops
+from convae.preprocess import Augment, jitter_brightness_contrast, resized_crops
 from convae.train import LOSSES, _loss_fn, nt_xent, pick_device, projection_head
 
 OBJECTIVES = ("none", "invariance", "contrastive", "acai", "l1", "uniformity", "idec", "rotation")
@@ -111,21 +111,6 @@ def mask_patches(x: torch.Tensor, fraction: float, patch: int, generator: torch.
     grid = (len(x), 1, -(-height // patch), -(-width // patch))
     keep = (torch.rand(grid, generator=generator) >= fraction).to(x.device, x.dtype)
     return x * keep.repeat_interleave(patch, 2).repeat_interleave(patch, 3)[..., :height, :width]
-
-
-def jitter(x: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
-    """SimCLR's colour distortion for grey images: with probability 0.8, each image's brightness and then its
-    contrast (about its own mean) scaled by factors drawn from 1 +- 0.8 * strength, clipped to [0, 1].
-
-    Without it two crops of one image share their grey levels, a cue the contrastive term can match
-    views by without telling what the image shows (Chen et al., 2020, on colour)."""
-    n = (len(x),) + (1,) * (x.ndim - 1)
-    distorted = torch.rand(n, generator=generator) < 0.8
-    brightness, contrast = (1 + 0.8 * strength * (2 * torch.rand(n, generator=generator) - 1) for _ in range(2))
-    brightness, contrast = torch.where(distorted, brightness, 1.0), torch.where(distorted, contrast, 1.0)
-    x = (x * brightness.to(x.device)).clamp(0, 1)
-    mean = x.mean(dim=tuple(range(1, x.ndim)), keepdim=True)
-    return ((x - mean) * contrast.to(x.device) + mean).clamp(0, 1)
 
 
 def encode_all(model: convae.AutoEncoder, images: torch.Tensor) -> torch.Tensor:
@@ -358,7 +343,7 @@ def main() -> None:
             else:
                 batch = images
             if args.jitter:
-                batch = jitter(batch, args.jitter, generator)
+                batch = jitter_brightness_contrast(batch, args.jitter, 0.0, 1.0, generator)
             if args.target == "original":  # the views feed the term only; the images themselves are reconstructed
                 batch = torch.cat([images, batch])
             if args.objective == "rotation":

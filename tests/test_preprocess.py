@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from convae.errors import ConvaeError
-from convae.preprocess import Augment, Noise, Normalizer, resized_crops
+from convae.preprocess import Augment, Noise, Normalizer, jitter_brightness_contrast, resized_crops
 
 
 def _data(seed=0, n=400, c=2, size=4):
@@ -132,3 +132,17 @@ def test_resized_crops_read_inside_each_image_and_vary():
     assert not torch.allclose(views, resized_crops(x, 0.3, torch.Generator().manual_seed(1)))
     with pytest.raises(ConvaeError, match="2-D images"):
         resized_crops(torch.rand(4, 1, 9), 0.3)
+
+
+def test_jitter_scales_brightness_and_contrast_within_the_data_range():
+    x = 2 + 3 * torch.rand(2000, 1, 6, 6)  # data in [2, 5]
+    out = jitter_brightness_contrast(x, 1.0, 2.0, 5.0, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and out.min() >= 2 and out.max() <= 5
+    kept = (out - x).abs().amax(dim=(1, 2, 3)) < 1e-5
+    assert 0.15 < kept.float().mean() < 0.25  # a fifth left as they were
+    # the others: contrast about the image's own mean, so the brightness factor shows in the mean
+    ratio = (out[~kept] - 2).mean(dim=(1, 2, 3)) / (x[~kept] - 2).mean(dim=(1, 2, 3))
+    assert ratio.min() > 0.15 and ratio.max() < 1.85 and ratio.std() > 0.2
+    assert torch.equal(jitter_brightness_contrast(x, 0.0, 2.0, 5.0), x)  # strength 0: the data itself
+    with pytest.raises(ConvaeError, match="jitter strength"):
+        jitter_brightness_contrast(x, 1.5, 2.0, 5.0)

@@ -128,6 +128,7 @@ def test_contrastive_term_needs_2d_images_and_sane_settings(tmp_path):
         ({"contrastive": -1.0}, "contrastive must be >= 0"),
         ({"contrastive_crop": 0.0}, "contrastive_crop must be in"),
         ({"contrastive_head": 0}, "contrastive_head must be a positive integer"),
+        ({"contrastive_jitter": 1.5}, "contrastive_jitter must be in"),
         ({"contrastive_tau": 0.0}, "contrastive_tau must be positive"),
     ):
         with pytest.raises(ConvaeError, match=message):

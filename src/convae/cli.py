@@ -108,6 +108,12 @@ TRAIN_FLAGS: list[tuple[str, Any, str, tuple | None]] = [
         None,
     ),
     ("--contrastive-crop", float, "smallest crop of the contrastive views, a fraction of the area (default 0.3)", None),
+    (
+        "--contrastive-jitter",
+        float,
+        "strength of the contrastive views' brightness and contrast jitter, 0 to 1 (default 1)",
+        None,
+    ),
     ("--contrastive-head", int, "output size of the contrastive term's projection head (default 64)", None),
     ("--contrastive-tau", float, "temperature of the contrastive term (default 0.5)", None),
     ("--optimizer", str, "optimizer (default adam)", ("adam", "adamw")),

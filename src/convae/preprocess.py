@@ -23,7 +23,8 @@ only: ``flip`` mirrors a random half of the samples along the last axis,
 (filling with the data's low value); ``flip+shift:2`` does both.
 
 Views for a contrastive term (``--contrastive``): :func:`resized_crops`, SimCLR's
-random resized crops of 2-D images, each flipped or not.
+random resized crops of 2-D images, each flipped or not, then
+:func:`jitter_brightness_contrast`, the grey part of SimCLR's colour distortion.
 """
 
 from __future__ import annotations
@@ -238,3 +239,27 @@ def resized_crops(x: Tensor, min_area: float, generator: torch.Generator | None 
     theta[:, 0, 0], theta[:, 1, 1] = width * flip, height
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+
+
+def jitter_brightness_contrast(
+    x: Tensor, strength: float, low: float, high: float, generator: torch.Generator | None = None
+) -> Tensor:
+    """SimCLR's colour distortion without its hue and saturation: with probability 0.8 each sample's
+    brightness (its values above ``low``) and then its contrast (about its own mean) are scaled by factors
+    drawn from ``1 +- 0.8 * strength``, the result clipped to ``[low, high]``; the other samples are kept.
+
+    Two crops of one image share its grey levels: without this, a contrastive term can match views by
+    them instead of by what the image shows (Chen et al., 2020, found the same of colour).
+    """
+    if not 0 <= strength <= 1:
+        raise ConvaeError(f"jitter strength must be in [0, 1], not {strength}")
+    shape, device = (len(x),) + (1,) * (x.ndim - 1), x.device
+
+    def uniform() -> Tensor:
+        return torch.rand(shape, generator=generator, device=device)
+
+    distorted = uniform() < 0.8
+    brightness, contrast = (torch.where(distorted, 1 + 0.8 * strength * (2 * uniform() - 1), 1.0) for _ in "bc")
+    x = (low + (x - low) * brightness).clamp(low, high)
+    mean = x.mean(dim=tuple(range(1, x.ndim)), keepdim=True)
+    return ((x - mean) * contrast + mean).clamp(low, high)

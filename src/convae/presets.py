@@ -149,6 +149,24 @@ register(
 )
 register(
     Preset(
+        "fmnist-32-probe",
+        f"{_NARROW} dense(32)",
+        "codes that separate classes: the default's layers with a contrastive term on two jittered crops "
+        "of each image (weight 1), weight decay 0.01, all training images, 40 epochs; "
+        "40 minutes on a 2-core CPU",
+        # The probe on its 32-d codes: 0.865 (reconstruction alone: 0.826-0.840), at 1.5x the default's MSE.
+        {
+            "epochs": 40,
+            **_RECIPE,
+            "weight_decay": 0.01,
+            "val_fraction": 0.0,
+            "contrastive": 1.0,
+            "contrastive_jitter": 1.0,
+        },
+    )
+)
+register(
+    Preset(
         "fmnist-denoise",
         "conv(32,3) bn relu conv(64,3,stride=2) bn relu conv(64,3) bn relu",
         "denoising without a bottleneck: gaussian noise (sigma 0.3) in, the clean image out",

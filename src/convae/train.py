@@ -31,7 +31,7 @@ from convae import checkpoint, distributed, presets
 from convae.data import Dataset, drop_classes, load, split_validation
 from convae.errors import ConvaeError
 from convae.model import AutoEncoder, ModelConfig, build, from_config
-from convae.preprocess import Augment, Noise, Normalizer, resized_crops
+from convae.preprocess import Augment, Noise, Normalizer, jitter_brightness_contrast, resized_crops
 from convae.summaries import Summaries
 
 LOSSES = ("mse", "bce", "l1")
@@ -65,9 +65,10 @@ class TrainConfig:
     loss: str = "mse"
     # a contrastive term on the codes (SimCLR's NT-Xent) between two crops of each image, which are encoded
     # beside the image but not reconstructed: its weight (0: off), the smallest crop area of the two views,
-    # the projection head's output size and the temperature
+    # the strength of their brightness and contrast jitter, the projection head's output size and the temperature
     contrastive: float = 0.0
     contrastive_crop: float = 0.3
+    contrastive_jitter: float = 1.0
     contrastive_head: int = 64
     contrastive_tau: float = 0.5
     optimizer: str = "adam"
@@ -114,6 +115,8 @@ class TrainConfig:
             raise ConvaeError(f"contrastive must be >= 0 (0: off), not {self.contrastive}")
         if not 0 < self.contrastive_crop <= 1:
             raise ConvaeError(f"contrastive_crop must be in (0, 1], not {self.contrastive_crop}")
+        if not 0 <= self.contrastive_jitter <= 1:
+            raise ConvaeError(f"contrastive_jitter must be in [0, 1], not {self.contrastive_jitter}")
         if not isinstance(self.contrastive_head, int) or self.contrastive_head < 1:
             raise ConvaeError(f"contrastive_head must be a positive integer, not {self.contrastive_head!r}")
         if not self.contrastive_tau > 0:
@@ -540,7 +543,11 @@ class Trainer:
             # Reconstructing the crops instead would train the decoder on zoomed-in images the model never
             # meets after training: worse test MSE and a worse probe (benchmarks/RESULTS.md).
             crop = self.config.contrastive_crop
-            seen = torch.cat([seen, resized_crops(seen, crop, generator), resized_crops(seen, crop, generator)])
+            views = torch.cat([resized_crops(seen, crop, generator), resized_crops(seen, crop, generator)])
+            if self.config.contrastive_jitter:
+                low, high, strength = self.p.data_low, self.p.data_high, self.config.contrastive_jitter
+                views = jitter_brightness_contrast(views, strength, low, high, generator)
+            seen = torch.cat([seen, views])
         clean = norm.transform(raw)
         noisy = clean if seen is raw else norm.transform(seen)
         if self.channels_last:

@@ -150,8 +150,9 @@ def child_torch_plain(x: np.ndarray, batch: int, epochs: int) -> dict:
 def child_convae(x: np.ndarray, batch: int, epochs: int) -> dict:
     sys.path.insert(0, str(HERE.parents[1] / "src"))
     import convae
+    from convae.config import resolve_config
     from convae.presets import get
-    from convae.train import resolve_config, train
+    from convae.train import train
 
     with tempfile.TemporaryDirectory() as tmp:
         data_file = os.path.join(tmp, "x.npy")

@@ -31,7 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import add_set_flag, parse_set
 from throughput import ARCHS, device_name, fashion_or_random, trainer_settings, write_npy
 
-from convae.train import pick_device, resolve_config, train
+from convae.config import resolve_config
+from convae.runtime import pick_device
+from convae.train import train
 
 
 def main() -> None:

@@ -35,8 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import add_set_flag, parse_set
 
 from convae import checkpoint, presets
+from convae.config import TrainConfig, resolve_config
 from convae.evaluate import evaluate
-from convae.train import TrainConfig, resolve_config, train
+from convae.train import train
 
 DEFAULT = ["fmnist-32", "fmnist-32-wide", "fmnist-16", "fmnist-64", "fmnist-denoise"]
 

@@ -1,5 +1,6 @@
 import os
 
+import pytest
 import torch
 from hypothesis import settings
 
@@ -8,3 +9,22 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 settings.register_profile("ci", max_examples=60, deadline=None, derandomize=True)
 settings.register_profile("dev", max_examples=40, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory):
+    """One small trained run (120 labelled 8x8 blobs, 3 epochs), shared by the tests that use a run."""
+    from helpers import write_npz
+
+    from convae.config import resolve_config
+    from convae.train import train
+
+    tmp = tmp_path_factory.mktemp("ev")
+    data = f"npy:{write_npz(tmp / 'd.npz', n=120)}"
+    out = tmp / "run"
+    config = resolve_config(
+        dict(data=data, arch="conv(8,3,stride=2) bn relu dense(6)", epochs=3, batch_size=16, lr=3e-3)
+    )
+    config.out, config.quiet, config.histograms = str(out), True, False
+    train(config)
+    return out

@@ -2,9 +2,9 @@ import pytest
 import torch
 
 from convae import presets
+from convae.config import arch_of, resolve_config
 from convae.errors import ConvaeError
 from convae.model import build
-from convae.train import arch_of, resolve_config
 
 
 @pytest.mark.parametrize("name", presets.names())

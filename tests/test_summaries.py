@@ -4,8 +4,9 @@ import torch
 from helpers import write_npz
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from convae.config import resolve_config
 from convae.summaries import make_grid
-from convae.train import resolve_config, train
+from convae.train import train
 
 
 def _accumulators(run_dir):

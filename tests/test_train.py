@@ -6,20 +6,14 @@ import torch
 from helpers import write_npz
 
 from convae import checkpoint
-from convae.distributed import Dist
+from convae.config import resolve_config
 from convae.errors import ConvaeError
+from convae.objectives import Contrastive
 from convae.preprocess import Augment
-from convae.train import (
-    TrainConfig,
-    Trainer,
-    batch_norm_lag,
-    epoch_seeds,
-    load_run,
-    nt_xent,
-    prepare,
-    resolve_config,
-    train,
-)
+from convae.run import load_run
+from convae.runtime import Speed
+from convae.train import prepare, train
+from convae.trainer import Trainer, batch_norm_lag, epoch_seeds
 
 ARCH = "conv(8,3,stride=2) bn relu conv(16,3,stride=2) bn relu dense(8)"
 
@@ -118,12 +112,11 @@ def test_contrastive_views_feed_the_term_and_the_images_are_reconstructed(npz, t
 
 
 def test_contrastive_term_needs_2d_images_and_sane_settings(tmp_path):
-    flat = f"npy:{write_npz(tmp_path / 'flat.npz')}"
-    config = _config(flat, tmp_path, arch="dense(8) relu dense(4)", contrastive=1.0)
-    prepared = prepare(config)
-    prepared.dataset.x_train = prepared.dataset.x_train.reshape(len(prepared.dataset.x_train), 1, -1)
+    import convae
+
+    config = resolve_config({"contrastive": 1.0})
     with pytest.raises(ConvaeError, match="crops of 2-D images"):
-        Trainer(config, tmp_path / "flat", prepared, torch.device("cpu"))
+        Contrastive(config, convae.build("conv(4,3,stride=2) dense(4)", (1, 64)))
     for bad, message in (
         ({"contrastive": -1.0}, "contrastive must be >= 0"),
         ({"contrastive_crop": 0.0}, "contrastive_crop must be in"),
@@ -135,16 +128,6 @@ def test_contrastive_term_needs_2d_images_and_sane_settings(tmp_path):
             resolve_config(bad)
 
 
-def test_nt_xent_rewards_views_that_match_and_stand_apart():
-    n = 8
-    blind = torch.ones(n, 5)  # every view alike: the positive is one of 2n - 1 equal candidates
-    assert float(nt_xent(blind, blind, 0.5)) == pytest.approx(math.log(2 * n - 1), rel=1e-5)
-    apart = torch.eye(n)  # each sample its own direction, both views on it
-    assert float(nt_xent(apart, apart, 0.1)) < 1e-3
-    swapped = torch.eye(n).roll(1, 0)  # each view closest to another sample's: worse than blind
-    assert float(nt_xent(apart, swapped, 0.5)) > math.log(2 * n - 1)
-
-
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(npz, tmp_path):
     config = _config(npz, tmp_path)
     holder = {}
@@ -154,7 +137,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(npz, tmp_path):
             with torch.no_grad():
                 holder["model"].encoder[0].down.conv.weight.fill_(float("nan"))
 
-    import convae.train as train_module
+    import convae.trainer as train_module
 
     original = train_module.Trainer.__init__
 
@@ -198,29 +181,6 @@ def test_refuses_to_overwrite_a_run(npz, tmp_path):
         train(_config(npz, tmp_path))
 
 
-def test_settings_resolution_and_errors():
-    config = resolve_config({"arch": "fmnist-32", "epochs": 2})
-    assert config.epochs == 2 and config.schedule == "onecycle"  # preset recipe under user settings
-    assert resolve_config({}).arch == "fmnist-32"
-    with pytest.raises(ConvaeError, match="unknown setting\\(s\\): colour"):
-        resolve_config({"colour": "red"})
-    with pytest.raises(ConvaeError, match="loss bce needs data in \\[0, 1\\]"):
-        resolve_config({"loss": "bce", "normalize": "standardize"})
-    with pytest.raises(ConvaeError, match="schedule must be one of"):
-        resolve_config({"schedule": "exponential"})
-    with pytest.raises(ConvaeError, match="setting lr: expected float, got '3e-3'"):
-        resolve_config({"lr": "3e-3"})
-    with pytest.raises(ConvaeError, match="setting epochs: expected int"):
-        resolve_config({"epochs": 2.5})
-    assert resolve_config({"lr": 1}).lr == 1.0 and resolve_config({"patience": None}).patience is None
-    with pytest.raises(ConvaeError, match="epochs must be a positive integer"):
-        TrainConfig(epochs=0).validate()
-    assert resolve_config({"compile": "reduce-overhead"}).compile == "reduce-overhead"
-    assert resolve_config({"compile": True}).compile is True
-    with pytest.raises(ConvaeError, match="compile must be true, false or one of default, reduce-overhead"):
-        resolve_config({"compile": "fast"})
-
-
 @pytest.mark.parametrize("normalize, loss", [("standardize", "l1"), ("zca", "mse"), ("unit", "bce")])
 def test_normalizations_and_losses_train(npz, tmp_path, normalize, loss):
     result = train(
@@ -234,9 +194,7 @@ def test_normalizations_and_losses_train(npz, tmp_path, normalize, loss):
 
 
 def test_speed_settings_are_recorded_for_resume(npz, tmp_path):
-    import torch as _torch
-
-    from convae.train import fits_on_device
+    from convae.runtime import fits_on_device
 
     train(_config(npz, tmp_path, epochs=1, amp=False, channels_last=False))
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
@@ -245,26 +203,25 @@ def test_speed_settings_are_recorded_for_resume(npz, tmp_path):
     auto = json.loads((tmp_path / "auto" / "config.json").read_text())
     assert auto["channels_last"] is True and isinstance(auto["amp"], bool)  # decided, then written down
     assert auto["compile"] is False  # compiling is slower on CPUs
-    assert fits_on_device(10**12, _torch.device("cpu"))
+    assert fits_on_device(10**12, torch.device("cpu"))
 
 
-def test_speed_defaults_on_a_gpu(npz, tmp_path, monkeypatch):
-    config = _config(npz, tmp_path)
-    trainer = Trainer(config, tmp_path, prepare(config), torch.device("cpu"))
+def test_speed_defaults_on_a_gpu(monkeypatch):
+    from convae.runtime import speed_settings
+
     # What the trainer would choose on a CUDA device, decided without one.
-    trainer.device = torch.device("cuda")
-    config.channels_last = config.amp = config.compile = None  # as before the CPU trainer wrote its choices
+    cuda = torch.device("cuda")
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
-    monkeypatch.setattr("convae.train._can_compile_for", lambda device: True)
-    assert trainer._speed_settings(images=True) == (True, True, "reduce-overhead")
-    assert trainer._speed_settings(images=False) == (False, True, "reduce-overhead")
-    monkeypatch.setattr("convae.train._can_compile_for", lambda device: False)  # pre-Volta, or no Triton
-    assert trainer._speed_settings(images=True) == (True, True, False)
-    monkeypatch.setattr("convae.train._can_compile_for", lambda device: True)
-    trainer.dist = Dist(rank=0, local_rank=0, world=2)  # under DDP: not measured, so not compiled
-    assert trainer._speed_settings(images=True) == (True, True, False)
-    trainer.config.compile, trainer.config.amp = "max-autotune", False  # the user's choice wins
-    assert trainer._speed_settings(images=True) == (True, False, "max-autotune")
+    monkeypatch.setattr("convae.runtime.can_compile_for", lambda device: True)
+    assert speed_settings(None, None, None, cuda, 1, images=True) == Speed(True, True, "reduce-overhead")
+    assert speed_settings(None, None, None, cuda, 1, images=False) == Speed(False, True, "reduce-overhead")
+    monkeypatch.setattr("convae.runtime.can_compile_for", lambda device: False)  # pre-Volta, or no Triton
+    assert speed_settings(None, None, None, cuda, 1, images=True) == Speed(True, True, False)
+    monkeypatch.setattr("convae.runtime.can_compile_for", lambda device: True)
+    # under DDP: not measured, so not compiled
+    assert speed_settings(None, None, None, cuda, 2, images=True) == Speed(True, True, False)
+    # the user's choice wins
+    assert speed_settings(None, False, "max-autotune", cuda, 2, images=True) == Speed(True, False, "max-autotune")
 
 
 def test_progress_bar_on_a_terminal(npz, tmp_path, monkeypatch):
@@ -283,6 +240,8 @@ def test_progress_bar_on_a_terminal(npz, tmp_path, monkeypatch):
     text = terminal.getvalue()
     assert "loss=" in text and "img_s=" in text and "step" in text
     assert "<" in text  # tqdm's elapsed<remaining (the ETA)
+    # each epoch's line is written above the bar as the epoch ends, not held back
+    assert "epoch 1/2  train" in text and "epoch 2/2  train" in text
 
 
 def test_augmentation_touches_training_steps_only(npz, tmp_path, monkeypatch):
@@ -352,7 +311,7 @@ def test_compile_that_fails_falls_back_when_automatic_and_stops_when_asked(npz, 
         train(_config(npz, tmp_path, "asked", compile=True))
     assert not (tmp_path / "asked").exists()
     # What a GPU would choose on its own (reduce-overhead), failing the same way: eager, with a warning.
-    monkeypatch.setattr(Trainer, "_speed_settings", lambda self, images: (False, False, "reduce-overhead"))
+    monkeypatch.setattr("convae.runtime.speed_settings", lambda *args: Speed(False, False, "reduce-overhead"))
     result = train(_config(npz, tmp_path, "auto", epochs=1))  # quiet: progress silenced, warnings not
     assert "warning: torch.compile failed (RuntimeError: Failed to find C compiler" in capsys.readouterr().err
     assert json.loads((tmp_path / "auto" / "config.json").read_text())["compile"] is False
@@ -383,7 +342,7 @@ def test_without_a_validation_split_a_capped_spread_of_training_images_stands_in
     prepared = prepare(config)
     trainer = Trainer(config, tmp_path, prepared, torch.device("cpu"))
     assert torch.equal(trainer._val_idx(), trainer.train_idx)  # few images: all of them
-    monkeypatch.setattr("convae.train.MONITOR_SAMPLES", 7)
+    monkeypatch.setattr("convae.trainer.MONITOR_SAMPLES", 7)
     subset = trainer._val_idx()
     assert 4 <= len(subset) <= 7  # every k-th image, k chosen to keep it under the cap
     assert subset[0] == trainer.train_idx[0] and subset[-1] > trainer.train_idx[len(trainer.train_idx) // 2]
@@ -396,3 +355,74 @@ def test_batch_norm_lag_warns_only_when_eval_mode_is_the_worse():
     assert batch_norm_lag(0.05, 0.03) is None  # within a factor of two
     # Train mode the worse, as under --contrastive (training batches are crops): not a lag.
     assert batch_norm_lag(0.0115, 0.035) is None
+
+
+def test_resume_with_more_epochs_trains_a_finished_run_on_with_a_new_schedule(npz, tmp_path, capsys):
+    train(_config(npz, tmp_path, "a", epochs=2))
+    with pytest.raises(ConvaeError, match="already finished its 2 epochs; pass --epochs N"):
+        train(resume=tmp_path / "a")
+    with pytest.raises(ConvaeError, match="has trained 2 epochs already; --epochs must be more"):
+        train(resume=tmp_path / "a", epochs=1)
+    before = checkpoint.load(tmp_path / "a" / "last.pt")
+    extended = train(resume=tmp_path / "a", epochs=4)
+    assert (
+        "training on from epoch 2 to 4; the onecycle learning-rate schedule is planned anew" in capsys.readouterr().err
+    )
+    assert [m["epoch"] for m in extended["metrics"]] == [1, 2, 3, 4]
+    saved = json.loads((tmp_path / "a" / "config.json").read_text())
+    steps = before["step"]
+    assert saved["epochs"] == 4 and saved["schedule_start"] == steps
+    # a new one-cycle over the two added epochs: up near the peak again, then down to almost nothing
+    rates = [m["lr"] for m in extended["metrics"]]
+    assert rates[1] < 0.05 * 3e-3 and rates[2] > 10 * rates[1] and rates[3] < 0.05 * 3e-3
+    # stopped during the extension and resumed: the same weights as the extension that never stopped
+    train(_config(npz, tmp_path, "b", epochs=2))
+
+    def interrupt(step):
+        if step == 3 * steps // 2 + 1:  # in epoch 4 (steps is two epochs' worth)
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(resume=tmp_path / "b", epochs=4, on_step=interrupt)
+    train(resume=tmp_path / "b")
+    a = checkpoint.load(tmp_path / "a" / "last.pt")["model"]
+    b = checkpoint.load(tmp_path / "b" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_from_the_cli_takes_epochs_and_quiet_and_refuses_other_settings(npz, tmp_path, capsys):
+    from convae.cli import main
+
+    train(_config(npz, tmp_path, epochs=1))
+    run = str(tmp_path / "run")
+    assert main(["train", "--resume", run, "--epochs", "2", "--quiet"]) == 0
+    assert "epoch 2/2" not in capsys.readouterr().err  # --quiet is honoured on resume
+    assert main(["train", "--resume", run, "--lr", "0.1"]) == 2
+    assert "give no other settings (only --epochs to train it on, or --quiet): not lr" in capsys.readouterr().err
+
+
+def test_fit_takes_settings_as_the_cli_does_and_reports_each_epoch(npz, tmp_path):
+    import convae
+
+    seen = []
+    run = convae.fit(
+        npz, arch=ARCH, epochs=2, batch_size=16, out=str(tmp_path / "fit"), quiet=True, on_epoch=seen.append
+    )
+    assert isinstance(run, convae.Run) and run.config.epochs == 2 and run.config.optimizer == "adamw"
+    assert [m["epoch"] for m in seen] == [1, 2] and seen[-1]["val_mse"] > 0
+    assert run.final["val_mse"] > 0 and run.encode(run.reconstruct(np_blobs(npz))).shape[1:] == (8,)
+
+
+def np_blobs(npz):
+    import numpy as np
+
+    return np.load(npz.removeprefix("npy:"))["x"][:4, None].astype("float32") / 255
+
+
+def test_load_on_a_device_that_is_not_there_says_so(npz, tmp_path, monkeypatch):
+    import convae
+
+    train(_config(npz, tmp_path, epochs=1))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConvaeError, match="device 'cuda' asked for, but CUDA is not available"):
+        convae.load(tmp_path / "run", device="cuda")

@@ -16,11 +16,11 @@ import torch
 from torch import Tensor, nn
 
 from convae import checkpoint
+from convae.config import EXPORT_FORMATS, EXPORT_PARTS
 from convae.errors import ConvaeError
 from convae.model import AutoEncoder
 
-FORMATS = ("onnx", "torchscript")
-PARTS = ("autoencoder", "encoder", "decoder")
+FORMATS, PARTS = EXPORT_FORMATS, EXPORT_PARTS
 
 
 class _Encoder(nn.Module):

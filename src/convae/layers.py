@@ -335,9 +335,6 @@ def down_layer(spec: LayerSpec, in_shape: Sequence[int]) -> nn.Module:
     raise TypeError(f"not a weight layer: {spec!r}")
 
 
-UPSAMPLE = ("transpose", "resize")
-
-
 def up_layer(down: nn.Module, tied: bool, upsample: str) -> nn.Module:
     """The decoder's mirror of an encoder module."""
     if isinstance(down, ConvDown):

@@ -23,8 +23,10 @@ import torch
 from torch import Tensor, nn
 
 from convae.errors import ConvaeError
-from convae.layers import ACTIVATIONS, UPSAMPLE, down_layer, post_layer, up_layer
+from convae.layers import ACTIVATIONS, down_layer, post_layer, up_layer
 from convae.spec import (
+    OUTPUTS,
+    UPSAMPLE,
     Act,
     Block,
     Conv,
@@ -39,8 +41,6 @@ from convae.spec import (
     parse,
     to_blocks,
 )
-
-OUTPUTS = ("sigmoid", "identity", "tanh")
 
 
 @dataclass

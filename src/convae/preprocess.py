@@ -37,9 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from convae.config import NORMALIZE
 from convae.errors import ConvaeError
 
-NORMALIZE = ("none", "unit", "standardize", "zca")
 ZCA_MAX_FEATURES = 8192
 
 

@@ -1,7 +1,9 @@
 """Named architectures with the training recipe that suits them (a registry like timm's).
 
 A preset is an encoder spec plus training settings; any setting the user gives
-explicitly (flag or config file) wins over the preset's. Presets are written
+explicitly (flag or config file) wins over the preset's. The default preset's
+recipe is also the default of every setting (``convae.config``), so a recipe
+names whatever it does differently from that. Presets are written
 for 28x28 grayscale images but build for any input shape the layers admit.
 """
 
@@ -186,7 +188,7 @@ register(
         "keras-denoise",
         "conv(32,3) relu maxpool(2) conv(32,3) relu maxpool(2)",
         "the keras.io convolutional denoising example: conv/maxpool twice, mirrored",
-        {"epochs": 10, "batch_size": 128, "lr": 1e-3},
+        {"epochs": 10, "batch_size": 128, "lr": 1e-3, "optimizer": "adam", "schedule": "constant"},
     )
 )
 register(
@@ -194,6 +196,6 @@ register(
         "small",
         "conv(16,3,stride=2) bn relu conv(32,3,stride=2) bn relu dense(16)",
         "a tiny model for smoke tests and small images",
-        {"epochs": 5, "batch_size": 64, "lr": 2e-3},
+        {"epochs": 5, "batch_size": 64, "lr": 2e-3, "optimizer": "adam", "schedule": "constant"},
     )
 )

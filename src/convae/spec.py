@@ -64,6 +64,8 @@ from typing import Any
 from convae.errors import ConvaeError
 
 Shape = tuple[int, ...]
+OUTPUTS = ("sigmoid", "identity", "tanh")  # the decoder's last activation
+UPSAMPLE = ("transpose", "resize")  # how the decoder mirrors a strided convolution
 
 
 @dataclass(frozen=True)

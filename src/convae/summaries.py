@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from convae.runtime import eval_mode
+
 
 def make_grid(images: Tensor, columns: int = 8, pad: int = 1) -> Tensor:
     """(N, C, H, W) in [0, 1] -> one (C, rows*(H+pad), columns*(W+pad)) image; C is 1 or 3."""
@@ -98,3 +100,64 @@ class Summaries:
     def close(self) -> None:
         if self.writer:
             self.writer.close()
+
+
+class TrainingPictures:
+    """What a trainer shows TensorBoard besides scalars: the graph, image grids of validation
+    samples and their reconstructions, activations for the histograms, the codes in the projector.
+
+    Reads the trainer's model, data and batch preparation; writes through its ``summaries``.
+    """
+
+    def __init__(self, trainer: Any):
+        self.t = trainer
+
+    def graph(self) -> None:
+        t = self.t
+        noisy, _ = t._prepare_batch(t._rows(t._val_idx()[:2]), None)
+        with eval_mode(t.model):
+            t.summaries.graph(t.model, noisy)
+
+    @torch.no_grad()
+    def images(self, idx: Tensor) -> None:
+        t = self.t
+        raw = t._rows(idx[:16])
+        noisy, _ = t._prepare_batch(raw, torch.Generator(device=t.device).manual_seed(0))
+        with eval_mode(t.model):
+            out = t.model(noisy)
+        norm = t.p.normalizer
+        grids = {"images/input": self.display(raw), "images/reconstruction": self.display(norm.inverse(out.float()))}
+        if t.noise is not None:
+            grids["images/noisy_input"] = self.display(norm.inverse(noisy.float()))
+        t.summaries.image_grids(grids, t.state.step)
+
+    def display(self, x: Tensor) -> Tensor:
+        low, high = self.t.p.data_low, self.t.p.data_high
+        return ((x - low) / max(high - low, 1e-12)).clamp(0, 1)
+
+    @torch.no_grad()
+    def activations(self, idx: Tensor) -> dict[str, Tensor]:
+        t = self.t
+        noisy, _ = t._prepare_batch(t._rows(idx), None)
+        out: dict[str, Tensor] = {}
+        with eval_mode(t.model):
+            h = noisy
+            for i, block in enumerate(t.model.encoder):
+                h, _ = block(h)
+                out[f"encoder/{i + 1}"] = h
+        return out
+
+    @torch.no_grad()
+    def embedding(self, sample: Tensor) -> None:
+        t = self.t
+        if not len(sample):
+            return
+        raw = t._rows(sample)
+        noisy, _ = t._prepare_batch(raw, None)
+        with eval_mode(t.model):
+            codes = t.model.encode(noisy)
+        dataset, labels = t.p.dataset, None
+        if dataset.y_train is not None:
+            ys = dataset.y_train[sample.cpu().numpy()]
+            labels = [dataset.classes[y] if dataset.classes else str(y) for y in ys]
+        t.summaries.embedding(codes, labels, self.display(raw), t.state.step)

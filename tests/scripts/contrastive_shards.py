@@ -11,7 +11,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from convae import distributed
-from convae.train import contrastive_term, projection_head
+from convae.objectives import contrastive_term, projection_head
 
 total, out = int(sys.argv[1]), Path(sys.argv[2])
 info, _ = distributed.setup(torch.device("cpu"))

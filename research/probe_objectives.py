@@ -77,11 +77,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import convae
 from convae import checkpoint, presets
+from convae.config import LOSSES
 from convae.data import load, split_validation
 from convae.errors import ConvaeError
 from convae.evaluate import linear_probe
+from convae.objectives import LOSS_FUNCTIONS, nt_xent, projection_head
 from convae.preprocess import Augment, jitter_brightness_contrast, resized_crops
-from convae.train import LOSSES, _loss_fn, nt_xent, pick_device, projection_head
+from convae.runtime import pick_device
 
 OBJECTIVES = ("none", "invariance", "contrastive", "acai", "l1", "uniformity", "idec", "rotation")
 TWO_VIEWS = ("invariance", "contrastive")
@@ -163,7 +165,7 @@ def idec_finetune(
 
 
 def reconstruction(kind: str, out: torch.Tensor, target: torch.Tensor, edges: float) -> torch.Tensor:
-    loss = _loss_fn(kind)(out, target)  # the trainer's own losses
+    loss = LOSS_FUNCTIONS[kind](out, target)  # the trainer's own losses
     if edges:
         for dim in range(2, out.dim()):  # differences along each spatial axis: the edges a class is told by
             loss = loss + edges * F.mse_loss(out.diff(dim=dim), target.diff(dim=dim))

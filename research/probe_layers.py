@@ -32,11 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from convae import evaluate
 from convae.errors import ConvaeError
+from convae.run import Run, load
 from convae.spec import describe_block
 
 
 @torch.no_grad()
-def features(run: evaluate.Run, x: np.ndarray, position: int, batch_size: int = 1000) -> np.ndarray:
+def features(run: Run, x: np.ndarray, position: int, batch_size: int = 1000) -> np.ndarray:
     """Each sample's features at ``position``, flattened: 0 the normalised input, i the i-th encoder block's output."""
     out = []
     for h in run._batches(x, batch_size):  # normalised on the run's device, as Run.encode feeds the model
@@ -69,7 +70,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        run = evaluate.load(args.run)
+        run = load(args.run)
         _, x_fit, x_eval, y_fit, y_eval = evaluate.eval_splits(run)
     except (ConvaeError, OSError) as err:
         parser.error(str(err))

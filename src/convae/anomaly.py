@@ -1,0 +1,97 @@
+"""Anomaly scoring: how badly a trained run reconstructs each sample, and a threshold for flagging.
+
+The threshold is set on the run's validation split (normal data) for a chosen
+false-positive rate; with a labelled anomalous class, ROC-AUC and
+precision/recall at that threshold say how well the score separates it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from convae.errors import ConvaeError
+from convae.metrics import per_sample_l1, per_sample_mse, per_sample_ssim
+from convae.reports import save_png, to_png
+from convae.run import Run, as_run, dataset_split
+
+SCORE_METRICS = ("mse", "l1", "ssim")
+
+
+def anomaly_scores(run: Run, x: np.ndarray, metric: str = "mse") -> tuple[np.ndarray, np.ndarray]:
+    """(per-sample score, per-pixel squared error) of reconstructing ``x``; higher means more anomalous."""
+    if metric not in SCORE_METRICS:
+        raise ConvaeError(f"metric must be one of {', '.join(SCORE_METRICS)}, not {metric!r}")
+    if len(x) == 0:
+        raise ConvaeError("the dataset holds no samples")
+    x_hat = run.reconstruct(x)
+    err = (x_hat - x) ** 2
+    if metric == "mse":
+        scores = per_sample_mse(x, x_hat)
+    elif metric == "l1":
+        scores = per_sample_l1(x, x_hat)
+    else:
+        if x.ndim != 4:
+            raise ConvaeError("the ssim score needs 2-D images")
+        scores = 1 - per_sample_ssim(x, x_hat, float(x.max() - x.min()) or 1.0)
+    return scores.astype(np.float64), err
+
+
+def score(
+    run: str | Path | Run,
+    data: str | None = None,
+    *,
+    metric: str = "mse",
+    fpr: float = 0.05,
+    anomaly_class: int | None = None,
+    maps_dir: str | Path | None = None,
+    maps: int = 32,
+) -> dict[str, Any]:
+    """Anomaly scores on the test split, a threshold at ``fpr`` on the run's validation split, and
+    (with ``anomaly_class``) ROC-AUC and precision/recall at that threshold."""
+    from sklearn.metrics import precision_score, recall_score, roc_auc_score
+
+    if not 0 < fpr < 1:
+        raise ConvaeError(f"fpr must be in (0, 1), not {fpr}")
+    run = as_run(run)
+    x_val, y_val, own = dataset_split(run, None, "val")
+    x, y, _ = dataset_split(run, data, "test", None if data not in (None, run.config.data) else own)
+    if anomaly_class is not None:
+        if y is None:
+            raise ConvaeError("--anomaly-class needs a labelled dataset")
+        if not (y == anomaly_class).any():
+            raise ConvaeError(f"class {anomaly_class} does not occur in the scored data")
+        if y_val is not None:
+            x_val = x_val[y_val != anomaly_class]  # the threshold is set on normal data only
+    val_scores, _ = anomaly_scores(run, x_val, metric)
+    # "higher": at most fpr of the validation samples lie above the threshold.
+    threshold = float(np.quantile(val_scores, 1 - fpr, method="higher"))
+    scores, err = anomaly_scores(run, x, metric)
+    flagged = scores > threshold
+    result: dict[str, Any] = {
+        "metric": metric,
+        "threshold": threshold,
+        "fpr_target": fpr,
+        "samples": len(x),
+        "flagged": int(flagged.sum()),
+        "scores": scores,
+        "labels": y,
+    }
+    if anomaly_class is not None:
+        truth = y == anomaly_class
+        result.update(
+            anomaly_class=int(anomaly_class),
+            roc_auc=float(roc_auc_score(truth, scores)),
+            precision=float(precision_score(truth, flagged, zero_division=0)),
+            recall=float(recall_score(truth, flagged, zero_division=0)),
+            false_positive_rate=float(flagged[~truth].mean()),
+        )
+    if maps_dir is not None and x.ndim == 4:
+        maps_dir = Path(maps_dir)
+        maps_dir.mkdir(parents=True, exist_ok=True)
+        top = float(err.max()) or 1.0
+        for i in np.argsort(-scores)[:maps]:
+            save_png(maps_dir / f"{i:05d}.png", to_png(err[i].mean(0, keepdims=True), 0.0, top))
+    return result

@@ -1,0 +1,75 @@
+"""Reconstruction metrics: pure functions shared by training, evaluation and anomaly scoring.
+
+All take data in its original scale (the preprocessing already inverted).
+SSIM follows Wang et al. (2004) as scikit-image's ``structural_similarity``
+computes it with ``gaussian_weights=True, sigma=1.5,
+use_sample_covariance=False`` (an 11-pixel Gaussian window, K1 = 0.01,
+K2 = 0.03, the mean over the valid region), so convae's figures compare with
+published tables; a test checks it against scikit-image.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+SSIM_SIGMA = 1.5
+SSIM_WINDOW = 11  # scikit-image's: 2 * int(3.5 * sigma + 0.5) + 1
+
+
+def psnr(mse: float, data_range: float) -> float:
+    """Peak signal-to-noise ratio in dB of a mean squared error, for data spanning ``data_range``."""
+    return 10 * math.log10(data_range**2 / mse) if mse > 0 else math.inf
+
+
+def per_sample_mse(x: np.ndarray, x_hat: np.ndarray) -> np.ndarray:
+    """Mean squared error of each sample, in float64."""
+    return ((x_hat.astype(np.float64) - x) ** 2).reshape(len(x), -1).mean(1)
+
+
+def per_sample_l1(x: np.ndarray, x_hat: np.ndarray) -> np.ndarray:
+    return np.abs(x_hat.astype(np.float64) - x).reshape(len(x), -1).mean(1)
+
+
+def ssim_map(a: Tensor, b: Tensor, data_range: float, window: int = SSIM_WINDOW) -> Tensor:
+    """Local SSIM of 2-D images (N, C, H, W): (N, C, H - w + 1, W - w + 1) for a w-pixel window.
+
+    Images smaller than the window get the largest odd window that fits
+    (scikit-image refuses them instead).
+    """
+    window = min(window, a.shape[-1], a.shape[-2])
+    window -= 1 - window % 2
+    coords = torch.arange(window, dtype=torch.float64) - window // 2
+    g = torch.exp(-(coords**2) / (2 * SSIM_SIGMA**2))
+    g = (g / g.sum()).to(device=a.device, dtype=a.dtype)
+    channels = a.shape[1]
+    kernel = (g[:, None] * g[None, :]).expand(channels, 1, window, window).contiguous()
+
+    def blur(x: Tensor) -> Tensor:
+        return F.conv2d(x, kernel, groups=channels)
+
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = blur(a * a) - mu_a**2
+    var_b = blur(b * b) - mu_b**2
+    cov = blur(a * b) - mu_a * mu_b
+    return ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+
+
+def ssim(a: Tensor, b: Tensor, data_range: float, window: int = SSIM_WINDOW) -> Tensor:
+    """Mean SSIM of each sample of 2-D images (N, C, H, W)."""
+    return ssim_map(a, b, data_range, window).flatten(1).mean(1)
+
+
+def per_sample_ssim(x: np.ndarray, x_hat: np.ndarray, data_range: float, chunk: int = 2048) -> np.ndarray:
+    """:func:`ssim` of NumPy images, a chunk at a time (bounded memory)."""
+    out = []
+    for i in range(0, len(x), chunk):
+        a = torch.as_tensor(x[i : i + chunk], dtype=torch.float32)
+        b = torch.as_tensor(x_hat[i : i + chunk], dtype=torch.float32)
+        out.append(ssim(a, b, data_range).double().numpy())
+    return np.concatenate(out)

@@ -1,0 +1,175 @@
+"""A trained run: its model and preprocessing, loaded from a run directory, on raw data.
+
+``load(run_dir)`` gives a :class:`Run`; ``encode``/``decode``/``reconstruct``
+take and give data in its original scale (images in [0, 1]), the
+normalisation applied and inverted inside. This module never imports the
+training code: using a model does not pull in training.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from convae import checkpoint
+from convae import data as datasets
+from convae.config import TrainConfig
+from convae.data import Dataset, split_validation
+from convae.errors import ConvaeError
+from convae.model import AutoEncoder, from_config
+from convae.preprocess import Normalizer
+from convae.runtime import pick_device
+
+SPLITS = ("all", "train", "val", "test")
+
+
+@dataclass
+class Run:
+    """A trained model with its preprocessing: ``encode``/``decode`` take and give raw data."""
+
+    model: AutoEncoder
+    normalizer: Normalizer
+    config: TrainConfig
+    run_dir: Path
+    device: torch.device
+
+    @property
+    def final(self) -> dict[str, Any]:
+        """The metrics the run ended with (``final.json``); empty while it is unfinished."""
+        path = self.run_dir / "final.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    @torch.no_grad()
+    def encode(self, x: np.ndarray | Tensor, batch_size: int = 1024) -> np.ndarray:
+        return np.concatenate([self.model.encode(b).cpu().numpy() for b in self._batches(x, batch_size)])
+
+    @torch.no_grad()
+    def decode(self, z: np.ndarray | Tensor, batch_size: int = 1024) -> np.ndarray:
+        z = torch.as_tensor(np.asarray(z), dtype=torch.float32)
+        out = [self.normalizer.inverse(self.model.decode(b.to(self.device))).cpu().numpy() for b in z.split(batch_size)]
+        return np.concatenate(out)
+
+    @torch.no_grad()
+    def reconstruct(self, x: np.ndarray | Tensor, batch_size: int = 1024) -> np.ndarray:
+        out = [self.normalizer.inverse(self.model(b)).cpu().numpy() for b in self._batches(x, batch_size)]
+        return np.concatenate(out)
+
+    def _batches(self, x: np.ndarray | Tensor, batch_size: int) -> Iterator[Tensor]:
+        x = torch.as_tensor(np.asarray(x), dtype=torch.float32)
+        expected = self.model.input_shape
+        if x.dim() != len(expected) + 1 or x.shape[1] != expected[0]:
+            raise ConvaeError(f"expected inputs shaped (N, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
+        if len(x) == 0:
+            raise ConvaeError("no samples to process")
+        for batch in x.split(batch_size):
+            yield self.normalizer.transform(batch.to(self.device))
+
+
+def load_run(
+    run_dir: str | Path, which: str = "best", device: str = "cpu"
+) -> tuple[AutoEncoder, Normalizer, TrainConfig]:
+    """A trained model (eval mode) with its normalizer and config, from a run directory."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConvaeError(f"{run_dir}: no such run directory")
+    path = run_dir / f"{which}.pt"
+    if not path.exists():
+        raise ConvaeError(f"{run_dir}: no {which}.pt checkpoint (has it finished an epoch?)")
+    state = checkpoint.load(path, map_location=pick_device(device))
+    model = from_config(state["model_config"])
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, Normalizer.from_dict(state["normalizer"]), TrainConfig(**state["train_config"])
+
+
+def load(run_dir: str | Path, which: str = "best", device: str = "cpu") -> Run:
+    """Load a trained run: the model (eval mode) with its preprocessing, on ``device``."""
+    target = pick_device(device)
+    model, normalizer, config = load_run(run_dir, which, device)
+    return Run(model.to(target), normalizer, config, Path(run_dir), target)
+
+
+def as_run(run: str | Path | Run) -> Run:
+    return run if isinstance(run, Run) else load(run)
+
+
+# ----------------------------------------------------------------------------- the run's data
+
+
+def load_dataset(source: str, cfg: TrainConfig) -> Dataset:
+    """A dataset as the run saw it: same loading options, the same classes left out of training."""
+    dataset = datasets.load(source, data_dir=cfg.data_dir, channels=cfg.channels, image_size=cfg.image_size)
+    return datasets.drop_classes(dataset, cfg.exclude_classes) if source == cfg.data else dataset
+
+
+def take(y: np.ndarray | None, idx: np.ndarray) -> np.ndarray | None:
+    return None if y is None else y[idx]
+
+
+def dataset_split(
+    run: Run, data: str | None, split: str, dataset: Dataset | None = None
+) -> tuple[np.ndarray, np.ndarray | None, Dataset]:
+    """Samples and labels of a split: ``test`` (or all data when there is none), ``val`` or ``train``.
+
+    ``dataset``, when given, is ``data`` (or the run's data) already loaded.
+    """
+    if split not in SPLITS:
+        raise ConvaeError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
+    cfg = run.config
+    dataset = dataset or load_dataset(data or cfg.data, cfg)
+    if split == "test" and dataset.x_test is not None:
+        return dataset.x_test, dataset.y_test, dataset
+    if split in ("val", "train") and (data is None or data == cfg.data):
+        train_idx, val_idx = split_validation(len(dataset.x_train), cfg.val_fraction, cfg.seed)
+        idx = val_idx if split == "val" else train_idx
+        if split == "val" and len(idx) == 0:
+            raise ConvaeError(f"the run kept no validation split of {cfg.data}")
+        return dataset.x_train[idx], take(dataset.y_train, idx), dataset
+    return dataset.x_train, dataset.y_train, dataset
+
+
+def encode_dataset(
+    run: str | Path | Run, data: str | None = None, split: str = "all", progress: bool = False
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Codes of every sample of a split (``all``: the whole training file), with labels when known."""
+    run = as_run(run)
+    x, y, _ = dataset_split(run, data, split)
+    batches = range(0, len(x), 1024)
+    if progress:
+        from tqdm import tqdm
+
+        batches = tqdm(batches, unit="batch", disable=None)
+    codes = np.concatenate([run.encode(x[i : i + 1024]) for i in batches])
+    return codes, y
+
+
+def read_images(run: Run, paths: list[str]) -> list[np.ndarray]:
+    """Image files as (C, H, W) arrays in [0, 1], checked against the model's channels and size."""
+    from PIL import Image, UnidentifiedImageError
+
+    channels = run.model.input_shape[0]
+    arrays = []
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                mode_channels = 1 if img.mode in ("L", "1", "I", "I;16", "F") else 3
+                if mode_channels != channels:
+                    raise ConvaeError(f"{path}: has {mode_channels} channel(s), the model takes {channels}")
+                a = np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
+        except (FileNotFoundError, UnidentifiedImageError, OSError) as err:
+            raise ConvaeError(f"{path}: cannot read image ({err})") from None
+        a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+        if run.model.has_dense and a.shape[1:] != tuple(run.model.input_shape[1:]):
+            h, w = run.model.input_shape[1:]
+            raise ConvaeError(f"{path}: is {a.shape[2]}x{a.shape[1]} pixels, the model takes {w}x{h}")
+        arrays.append(a.astype(np.float32) / 255.0)
+    if not arrays:
+        raise ConvaeError("no input images given")
+    return arrays

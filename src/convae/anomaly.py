@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from convae.checkpoint import make_folder
 from convae.errors import ConvaeError
 from convae.metrics import per_sample_l1, per_sample_mse, per_sample_ssim
 from convae.reports import save_png, to_png
@@ -63,6 +64,8 @@ def score(
             raise ConvaeError("--anomaly-class needs a labelled dataset")
         if not (y == anomaly_class).any():
             raise ConvaeError(f"class {anomaly_class} does not occur in the scored data")
+        if (y == anomaly_class).all():
+            raise ConvaeError(f"every scored sample is of class {anomaly_class}: ROC-AUC needs normal samples too")
         if y_val is not None:
             x_val = x_val[y_val != anomaly_class]  # the threshold is set on normal data only
     val_scores, _ = anomaly_scores(run, x_val, metric)
@@ -89,8 +92,7 @@ def score(
             false_positive_rate=float(flagged[~truth].mean()),
         )
     if maps_dir is not None and x.ndim == 4:
-        maps_dir = Path(maps_dir)
-        maps_dir.mkdir(parents=True, exist_ok=True)
+        maps_dir = make_folder(maps_dir)
         top = float(err.max()) or 1.0
         for i in np.argsort(-scores)[:maps]:
             save_png(maps_dir / f"{i:05d}.png", to_png(err[i].mean(0, keepdims=True), 0.0, top))

@@ -40,11 +40,59 @@ KEYS = {
 OPTIONAL_KEYS = {"head"}  # a contrastive term's projection head: only runs with one have it
 
 
-def atomic_write(path: str | Path, write) -> None:
-    """Call ``write(file_object)`` on a temp file next to ``path``, then rename it into place."""
+def load_weights(module: torch.nn.Module, weights: dict[str, Any], source: str | Path) -> None:
+    """``module.load_state_dict(weights)``, with a mismatch as one line naming ``source`` and the first
+    tensor that does not fit (PyTorch lists every one, dozens of lines)."""
+    try:
+        module.load_state_dict(weights)
+    except (RuntimeError, ValueError, KeyError) as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        detail = next((line for line in lines[1:]), lines[0] if lines else type(err).__name__)
+        more = f" (and {len(lines) - 2} more)" if len(lines) > 2 else ""
+        raise ConvaeError(f"{source}: the weights do not fit the model: {detail[:300]}{more}") from None
+
+
+def check_output(path: str | Path, folder: bool = False) -> Path:
+    """Refuse, before anything is computed or written, an output path that cannot be written:
+    a file where a folder is wanted or the other way round, a parent that is a file, a parent
+    that is not writable. Missing parent folders are fine: writing creates them."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if path.exists() and path.is_dir() != folder:
+        have, want = ("file", "folder") if folder else ("folder", "file")
+        raise ConvaeError(f"{path}: is a {have}; give a {want} name")
+    parent = path if folder and path.exists() else path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConvaeError(f"{path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConvaeError(f"{path}: cannot write into {parent} (permission denied)")
+    return path
+
+
+def _write_error(path: Path, err: OSError) -> ConvaeError:
+    return ConvaeError(f"{path}: cannot write ({err.strerror or type(err).__name__})")
+
+
+def make_folder(path: str | Path) -> Path:
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise _write_error(path, err) from None
+    return path
+
+
+def atomic_write(path: str | Path, write) -> None:
+    """Call ``write(file_object)`` on a temp file next to ``path``, then rename it into place.
+
+    A path that cannot be written is a one-line ``ConvaeError``; nothing is left behind."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise _write_error(path, err) from None
     try:
         os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide run files from other users
         with os.fdopen(fd, "wb") as f:
@@ -52,6 +100,9 @@ def atomic_write(path: str | Path, write) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise _write_error(path, err) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

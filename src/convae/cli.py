@@ -166,12 +166,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_encode(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from convae.checkpoint import atomic_write
+    from convae.checkpoint import atomic_write, check_output
     from convae.run import encode_dataset
 
     out = Path(args.out)
     if out.suffix not in (".npy", ".npz"):
         raise ConvaeError(f"{out}: the output must end in .npy (codes) or .npz (codes and labels)")
+    check_output(out)
     codes, labels = encode_dataset(args.run, args.data, args.split, progress=not args.quiet)
     if out.suffix == ".npz":
         arrays = {"codes": codes, **({"labels": labels} if labels is not None else {})}
@@ -184,10 +185,12 @@ def _cmd_encode(args: argparse.Namespace) -> int:
 
 
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
+    from convae.checkpoint import check_output
     from convae.reports import reconstruct
 
     if not args.inputs and not args.data:
         raise ConvaeError("give image files or --data")
+    check_output(args.out, folder=True)
     written = reconstruct(args.run, args.out, inputs=args.inputs, data=args.data, limit=args.limit, noise=args.noise)
     layout = " (noisy input | reconstruction)" if args.noise else ""
     print(f"{len(written)} reconstruction(s){layout} in {args.out}")
@@ -200,12 +203,18 @@ def _cmd_score(args: argparse.Namespace) -> int:
     import json
 
     from convae.anomaly import score
-    from convae.checkpoint import atomic_write, write_json
+    from convae.checkpoint import atomic_write, check_output, write_json
 
+    for path in (args.out, args.summary):
+        if path:
+            check_output(path)
+    if args.maps:
+        check_output(args.maps, folder=True)
     result = score(
         args.run, args.data, metric=args.metric, fpr=args.fpr, anomaly_class=args.anomaly_class, maps_dir=args.maps
     )
     scores, labels = result.pop("scores"), result.pop("labels")
+    written = []
     if args.out:
         text = io.StringIO()
         writer = csv.writer(text)
@@ -214,6 +223,14 @@ def _cmd_score(args: argparse.Namespace) -> int:
             row = [i, f"{value:.6g}", int(value > result["threshold"])]
             writer.writerow(row + ([int(labels[i])] if labels is not None else []))
         atomic_write(args.out, lambda f: f.write(text.getvalue().encode()))
+        written.append(Path(args.out))
+    if args.summary:
+        try:
+            write_json(args.summary, result)
+        except ConvaeError:
+            for path in written:  # all the outputs or none
+                path.unlink(missing_ok=True)
+            raise
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -226,20 +243,21 @@ def _cmd_score(args: argparse.Namespace) -> int:
                 f"class {result['anomaly_class']} as anomaly: ROC-AUC {result['roc_auc']:.4f}, "
                 f"precision {result['precision']:.3f}, recall {result['recall']:.3f}"
             )
-    if args.summary:
-        write_json(args.summary, result)
     return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from convae.checkpoint import check_output
     from convae.export import export
     from convae.run import load
 
-    run = load(args.run)
     out = Path(args.out)
     parts = ["autoencoder", "encoder", "decoder"] if args.part == "all" else [args.part]
-    for part in parts:
-        path = out if len(parts) == 1 else out.with_name(f"{out.stem}.{part}{out.suffix}")
+    paths = {part: out if len(parts) == 1 else out.with_name(f"{out.stem}.{part}{out.suffix}") for part in parts}
+    for path in paths.values():
+        check_output(path)
+    run = load(args.run)
+    for part, path in paths.items():
         info = export(run.model, path, args.format, part)
         print(f"{part}: {info['path']}  (dynamic: {', '.join(info['dynamic'])})")
     if run.normalizer.mode != "none":
@@ -269,6 +287,12 @@ def _shape(text: str) -> tuple[int, ...]:
     if not shape or min(shape) < 1:
         raise argparse.ArgumentTypeError(f"'{text}' is not a shape like 1,28,28")
     return shape
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a positive integer")
+    return int(text)
 
 
 def _run_command(sub: Any, name: str, help: str, description: str) -> argparse.ArgumentParser:
@@ -343,7 +367,7 @@ def make_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("inputs", nargs="*", help="image files")
     p.add_argument("--data", help="a dataset instead of image files")
-    p.add_argument("--limit", type=int, default=64, help="samples from --data (default: 64)")
+    p.add_argument("--limit", type=_positive, default=64, help="samples from --data (default: 64)")
     p.add_argument("--noise", help="corrupt the input first (e.g. gaussian:0.3): noisy | clean side by side")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=_cmd_reconstruct)
@@ -388,11 +412,20 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
+    """Run one command; a user mistake is one line on stderr and exit status 2, Ctrl-C is 130."""
+    import warnings
+
     try:
-        if args.func is not _cmd_train:  # train takes --threads as a setting of the run
-            _apply_threads(args)
-        return args.func(args)
+        args = make_parser().parse_args(argv)
+        # Warnings from the libraries wait for the command's end: when it fails they are dropped,
+        # so the error stays one line; when it succeeds each is one line after its output.
+        with warnings.catch_warnings(record=True) as caught:
+            if args.func is not _cmd_train:  # train takes --threads as a setting of the run
+                _apply_threads(args)
+            status = args.func(args)
+        for warning in caught:
+            print(f"warning: {str(warning.message).splitlines()[0]}", file=sys.stderr)
+        return status
     except ConvaeError as err:
         import os
 

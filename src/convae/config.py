@@ -35,6 +35,7 @@ OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine", "onecycle")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")  # torch.compile's modes
 CONFIG_SUFFIXES = (".toml", ".json")
+INT64_MAX = 2**63 - 1
 EXPORT_FORMATS = ("onnx", "torchscript")  # `convae export`: the file formats and the parts of a model
 EXPORT_PARTS = ("autoencoder", "encoder", "decoder")
 
@@ -267,6 +268,8 @@ def _check_field(f: dataclasses.Field, value: Any) -> None:
     if meta["choices"] is not None and value not in meta["choices"]:
         options = ", ".join(map(str, meta["choices"]))
         raise ConvaeError(f"{f.name} must be one of {options}, not {value!r}")
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT64_MAX:
+        raise ConvaeError(f"{f.name} must be at most {INT64_MAX:,}, not {value}")
     if isinstance(value, float) and not math.isfinite(value):
         raise ConvaeError(f"{f.name} must be a finite number, not {value}")
     if meta["bounds"] is not None and isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -22,6 +22,7 @@ import os
 import tempfile
 import urllib.error
 import urllib.request
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,26 +218,46 @@ def load_digits() -> Dataset:
     return Dataset("digits", x, digits.target.astype(np.int64), classes=[str(i) for i in range(10)])
 
 
+def _labels(raw: np.ndarray, path: Path) -> tuple[np.ndarray, list[str] | None]:
+    """Integer labels as they are; string labels become indices into their sorted names."""
+    if raw.ndim != 1:
+        raise ConvaeError(f"{path}: labels must be one per sample (1-D), got shape {raw.shape}")
+    if np.issubdtype(raw.dtype, np.integer):
+        return raw.astype(np.int64), None
+    if raw.dtype.kind in "US":
+        classes, index = np.unique(raw.astype(str), return_inverse=True)
+        return index.astype(np.int64), [str(c) for c in classes]
+    raise ConvaeError(f"{path}: labels must be integers or strings, not dtype {raw.dtype}")
+
+
 def load_npy(path: str) -> Dataset:
     p = Path(path)
     if not p.is_file():
         raise ConvaeError(f"{p}: no such file")
-    labels = None
+    labels = classes = None
     try:
         loaded = np.load(p, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as err:
-        raise ConvaeError(f"{p}: cannot read array file ({err})") from None
-    if isinstance(loaded, np.lib.npyio.NpzFile):
-        with loaded:
-            keys = list(loaded.keys())
-            if not keys:
-                raise ConvaeError(f"{p}: the .npz file holds no arrays")
-            xkey = next((k for k in ("x", "images", "data", "X") if k in keys), keys[0])
-            x = loaded[xkey]
-            ykey = next((k for k in ("y", "labels", "targets") if k in keys), None)
-            labels = loaded[ykey].astype(np.int64) if ykey else None
-    else:
-        x = loaded
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            with loaded:
+                keys = list(loaded.keys())
+                if not keys:
+                    raise ConvaeError(f"{p}: the .npz file holds no arrays")
+                xkey = next((k for k in ("x", "images", "data", "X") if k in keys), keys[0])
+                x = loaded[xkey]
+                ykey = next((k for k in ("y", "labels", "targets") if k in keys), None)
+                if ykey:
+                    labels, classes = _labels(loaded[ykey], p)
+        else:
+            x = loaded
+    except ConvaeError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if "allow_pickle" in reason:
+            reason = "it holds Python objects, not numbers"
+        raise ConvaeError(f"{p}: cannot read array file ({reason})") from None
+    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        raise ConvaeError(f"{p}: expected a numeric array, got dtype {x.dtype}")
     if x.ndim == 3:
         x = x[:, None]
     elif x.ndim == 4:
@@ -247,15 +268,21 @@ def load_npy(path: str) -> Dataset:
         raise ConvaeError(f"{p}: expected an array shaped (N, H, W), (N, C, H, W) or (N, H, W, C), got {x.shape}")
     if len(x) == 0:
         raise ConvaeError(f"{p}: the array holds no samples")
-    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
-        raise ConvaeError(f"{p}: expected a numeric array, got dtype {x.dtype}")
+    if 0 in x.shape:
+        raise ConvaeError(f"{p}: the array has an empty axis (shape {x.shape})")
     x = _to_float(np.ascontiguousarray(x))
     if not np.isfinite(x).all():
         bad = int((~np.isfinite(x)).any(axis=tuple(range(1, x.ndim))).argmax())
         raise ConvaeError(f"{p}: the array holds NaN or infinite values (first in sample {bad})")
     if labels is not None and len(labels) != len(x):
         raise ConvaeError(f"{p}: {len(labels)} labels for {len(x)} samples")
-    return Dataset(p.stem, x, labels)
+    return Dataset(p.stem, x, labels, classes=classes)
+
+
+def too_large(path: Path | str) -> str:
+    from PIL import Image
+
+    return f"{path}: the image claims more pixels than Pillow's safety limit ({Image.MAX_IMAGE_PIXELS:,}); not read"
 
 
 def _resize_crop(image, size: tuple[int, int]):
@@ -285,6 +312,8 @@ def load_folder(path: str, channels: int | None = None, image_size: Sequence[int
             with Image.open(f) as img:
                 img.load()
                 images.append(img.copy())
+        except Image.DecompressionBombError:
+            raise ConvaeError(too_large(f)) from None
         except (UnidentifiedImageError, OSError, SyntaxError) as err:
             raise ConvaeError(f"{f}: cannot read image ({err})") from None
     if channels is None:

@@ -81,7 +81,6 @@ def _export_onnx(module: nn.Module, example: Tensor, path: Path, spatial_dynamic
     if spatial_dynamic:
         for axis in range(2, example.dim()):
             shapes[axis] = torch.export.Dim.AUTO
-    tmp = path.with_name(f".{path.name}.tmp")
     # The exporter logs a warning per torchvision op it skips when torchvision is absent (convae never uses them).
     exporter_log = logging.getLogger("torch.onnx")
     level = exporter_log.level
@@ -92,13 +91,10 @@ def _export_onnx(module: nn.Module, example: Tensor, path: Path, spatial_dynamic
             program = torch.onnx.export(
                 module, (example,), dynamic_shapes=({**shapes},), dynamo=True, verbose=False, external_data=False
             )
-        program.save(str(tmp))
-        tmp.replace(path)
-    except ConvaeError:
-        raise
     except Exception as err:  # the exporter raises many kinds; the first line says what failed
-        tmp.unlink(missing_ok=True)
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConvaeError(f"this model cannot be exported to ONNX: {first[:300]}") from None
     finally:
         exporter_log.setLevel(level)
+    # The model exported; writing the file can still fail, and says so, not that the model is at fault.
+    checkpoint.atomic_write(path, lambda f: f.write(program.model_proto.SerializeToString()))

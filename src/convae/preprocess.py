@@ -148,7 +148,7 @@ class Noise:
             value = float(amount)
         except ValueError:
             raise ConvaeError(f"noise '{text}': '{amount}' is not a number (e.g. {kind}:0.3)") from None
-        if value < 0 or (kind != "gaussian" and value > 1):
+        if not math.isfinite(value) or value < 0 or (kind != "gaussian" and value > 1):
             raise ConvaeError(f"noise '{text}': amount must be >= 0 (and <= 1 for {kind})")
         return cls(kind, value)
 

@@ -68,8 +68,7 @@ def reconstruct(
         for k, r in enumerate(row):
             canvas.paste(r, (k * r.width, 0))
         pictures.append(canvas)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = checkpoint.make_folder(out_dir)
     written = []
     for name, picture in zip(names, pictures):
         save_png(out_dir / f"{name}.png", picture)

@@ -84,7 +84,7 @@ def load_run(
         raise ConvaeError(f"{run_dir}: no {which}.pt checkpoint (has it finished an epoch?)")
     state = checkpoint.load(path, map_location=pick_device(device))
     model = from_config(state["model_config"])
-    model.load_state_dict(state["model"])
+    checkpoint.load_weights(model, state["model"], path)
     model.eval()
     return model, Normalizer.from_dict(state["normalizer"]), TrainConfig(**state["train_config"])
 
@@ -163,6 +163,8 @@ def read_images(run: Run, paths: list[str]) -> list[np.ndarray]:
                 if mode_channels != channels:
                     raise ConvaeError(f"{path}: has {mode_channels} channel(s), the model takes {channels}")
                 a = np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
+        except Image.DecompressionBombError:
+            raise ConvaeError(datasets.too_large(path)) from None
         except (FileNotFoundError, UnidentifiedImageError, OSError) as err:
             raise ConvaeError(f"{path}: cannot read image ({err})") from None
         a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)

@@ -64,6 +64,9 @@ from typing import Any
 from convae.errors import ConvaeError
 
 Shape = tuple[int, ...]
+# Bounds that keep a typo (conv(32000000,3)) from reaching the allocator: one line instead of a C++ stack.
+LIMITS = {"channels": 65_536, "features": 65_536, "kernel": 1_024, "stride": 1_024, "padding": 1_024}
+MAX_LAYERS = 1_000
 OUTPUTS = ("sigmoid", "identity", "tanh")  # the decoder's last activation
 UPSAMPLE = ("transpose", "resize")  # how the decoder mirrors a strided convolution
 
@@ -221,6 +224,8 @@ def _convert(key: str, value: Any, where: str) -> Any:
             number = None
         if number is None or str(number) != str(value).strip() or number < 1:
             raise fail("a positive integer")
+        if number > LIMITS[key]:
+            raise fail(f"a positive integer of at most {LIMITS[key]:,}")
         return number
     if key == "padding":
         if isinstance(value, str) and value.lower() in ("same", "valid"):
@@ -229,8 +234,8 @@ def _convert(key: str, value: Any, where: str) -> Any:
             number = int(value)
         except (TypeError, ValueError):
             raise fail("'same', 'valid' or an integer >= 0") from None
-        if number < 0 or str(number) != str(value).strip():
-            raise fail("'same', 'valid' or an integer >= 0")
+        if number < 0 or str(number) != str(value).strip() or number > LIMITS["padding"]:
+            raise fail(f"'same', 'valid' or an integer from 0 to {LIMITS['padding']:,}")
         return number
     if key == "bias":
         if isinstance(value, bool):
@@ -301,6 +306,8 @@ def _parse_token(token: str, position: int) -> LayerSpec:
                 raise ConvaeError(f"layer {position} '{token}': empty argument")
             if "=" in part:
                 key, _, value = part.partition("=")
+                if key.strip() in kwargs:
+                    raise ConvaeError(f"layer {position} '{token}': argument '{key.strip()}' given twice")
                 kwargs[key.strip()] = value.strip()
             elif kwargs:
                 raise ConvaeError(f"layer {position} '{token}': positional argument '{part}' after a keyword")
@@ -342,6 +349,8 @@ def parse(arch: str | Sequence[str | dict]) -> list[LayerSpec]:
             raise ConvaeError(f"layer {position} '{item}': expected a string or a mapping")
     if not layers:
         raise ConvaeError("architecture is empty: give at least one conv, pool or dense layer")
+    if len(layers) > MAX_LAYERS:
+        raise ConvaeError(f"architecture has {len(layers):,} layers; convae builds at most {MAX_LAYERS:,}")
     return layers
 
 

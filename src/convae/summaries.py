@@ -102,6 +102,9 @@ class Summaries:
             self.writer.close()
 
 
+GRAPH_MAX_BLOCKS = 100
+
+
 class TrainingPictures:
     """What a trainer shows TensorBoard besides scalars: the graph, image grids of validation
     samples and their reconstructions, activations for the histograms, the codes in the projector.
@@ -112,11 +115,16 @@ class TrainingPictures:
     def __init__(self, trainer: Any):
         self.t = trainer
 
-    def graph(self) -> None:
+    def graph(self) -> bool:
+        """The model's graph, traced on two samples; skipped (False) for very deep models, whose trace
+        takes minutes while it tells little."""
         t = self.t
+        if len(t.model.encoder) > GRAPH_MAX_BLOCKS:
+            return False
         noisy, _ = t._prepare_batch(t._rows(t._val_idx()[:2]), None)
         with eval_mode(t.model):
             t.summaries.graph(t.model, noisy)
+        return True
 
     @torch.no_grad()
     def images(self, idx: Tensor) -> None:

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from convae import checkpoint, distributed, presets, runtime
-from convae.config import TrainConfig, arch_of, resolve_config
+from convae import checkpoint, distributed, presets, rundir, runtime
+from convae.config import USER_FIELDS, TrainConfig, arch_of, resolve_config
 from convae.data import Dataset, drop_classes, load, split_validation
 from convae.errors import ConvaeError
 from convae.model import AutoEncoder, ModelConfig, build
@@ -62,37 +62,77 @@ def prepare(config: TrainConfig, normalizer_state: dict | None = None) -> Prepar
     return Prepared(dataset, train_idx, val_idx, normalizer, model, float(x_fit.min()), float(x_fit.max()))
 
 
-def _new_run_dir(config: TrainConfig) -> Path:
+def _default_out(config: TrainConfig) -> Path:
     if config.out:
-        out = Path(config.out)
-    else:
-        stem = presets.get(config.arch).name if presets.is_preset(config.arch) else "custom"
-        out = Path("runs") / f"{config.data.split(':')[0]}-{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConvaeError(
-            f"{out} already exists and is not empty; pass --resume {out} to continue it, or another --out"
-        )
-    return out
+        return Path(config.out)
+    stem = presets.get(config.arch).name if presets.is_preset(config.arch) else "custom"
+    return Path("runs") / f"{config.data.split(':')[0]}-{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _resume(run_dir: Path, epochs: int | None) -> tuple[TrainConfig, dict[str, Any], bool]:
-    """The saved config and state of a run to continue, and whether its schedule is re-planned."""
+@dataclass
+class _Plan:
+    """What ``train`` is about to do in ``run_dir``; decided, and checked, before anything is written."""
+
+    config: TrainConfig
+    run_dir: Path
+    state: dict[str, Any] | None = None  # the checkpoint to go on from
+    new_schedule: bool = False  # trained on past its plan: the schedule starts anew
+    finish_only: bool = False  # every epoch done, the final evaluation not
+    accepts: tuple[str, ...] = ("absent", "empty", "unstarted")  # the directory states it may write into
+
+
+def _plan_new(config: TrainConfig) -> _Plan:
+    plan = _Plan(config, _default_out(config))
+    _check_state(plan)
+    return plan
+
+
+def _check_state(plan: _Plan) -> str:
+    kind = rundir.state_of(plan.run_dir)
+    if kind not in plan.accepts:
+        out = plan.run_dir
+        if plan.state is None and kind in ("started", "finished"):
+            raise ConvaeError(f"{out} already holds a run; pass --resume {out} to continue it, or another --out")
+        raise ConvaeError(f"{out} already exists and is not a convae run directory; give another --out")
+    return kind
+
+
+def _plan_resume(run_dir: Path, epochs: int | None) -> _Plan:
+    kind = rundir.state_of(run_dir)
+    if kind == "absent":
+        raise ConvaeError(f"{run_dir}: no such run directory")
+    if kind == "unstarted":  # killed before its first checkpoint: its settings are all there is
+        config = resolve_config({k: v for k, v in rundir.saved_settings(run_dir).items() if k in USER_FIELDS})
+        if epochs is not None:
+            config.epochs = epochs
+        print(f"{run_dir}: stopped before its first checkpoint; starting it from the beginning", file=sys.stderr)
+        return _Plan(config, run_dir)
+    if kind not in ("started", "finished"):
+        raise ConvaeError(f"{run_dir}: no convae run to resume (no last.pt checkpoint)")
     state = checkpoint.load(run_dir / "last.pt")
     config = TrainConfig(**state["train_config"])
-    done = state["epoch"]
+    done, accepts = state["epoch"], ("started", "finished")
     if epochs is None or epochs == config.epochs:
-        if config.epochs <= done:
-            raise ConvaeError(
-                f"{run_dir} already finished its {config.epochs} epochs; pass --epochs N (more) to train it on"
-            )
-        return config, state, False
+        if config.epochs > done:
+            return _Plan(config, run_dir, state, accepts=accepts)
+        if kind == "started":
+            print(f"{run_dir}: its epochs are done, its final evaluation is not; finishing it", file=sys.stderr)
+            return _Plan(config, run_dir, state, finish_only=True, accepts=accepts)
+        raise ConvaeError(
+            f"{run_dir} already finished its {config.epochs} epochs; pass --epochs N (more) to train it on"
+        )
     if epochs <= done:
         raise ConvaeError(f"{run_dir} has trained {done} epochs already; --epochs must be more than that")
     # Trained on past its plan (or stopped and re-planned): the schedule starts anew from here,
     # over the epochs that remain, so a one-cycle or cosine run does not go on at its final, tiny rate.
     config = dataclasses.replace(config, epochs=epochs, schedule_start=state["step"])
     config.validate()
-    return config, state, True
+    print(
+        f"{run_dir}: training on from epoch {done} to {epochs}; the {config.schedule} "
+        "learning-rate schedule is planned anew over the epochs added",
+        file=sys.stderr,
+    )
+    return _Plan(config, run_dir, state, new_schedule=True, accepts=accepts)
 
 
 def train(
@@ -110,54 +150,59 @@ def train(
     trains the run on to that many epochs (the learning-rate schedule is
     re-planned over the epochs added: a new cycle for onecycle and cosine).
     ``on_epoch`` receives each epoch's metrics. Nothing is written until the
-    data loads and the model builds; a run that fails before its first
-    checkpoint leaves no run directory behind.
+    data loads, the model builds and the run directory is locked
+    (:mod:`convae.rundir`); a run that fails before its first checkpoint leaves
+    the directory as it found it, and one killed then can be started again.
     """
-    new_schedule = False
     if resume is not None:
-        run_dir = Path(resume)
-        config, state, new_schedule = _resume(run_dir, epochs)
-        if new_schedule:
-            print(
-                f"{run_dir}: training on from epoch {state['epoch']} to {config.epochs}; the {config.schedule} "
-                "learning-rate schedule is planned anew over the epochs added",
-                file=sys.stderr,
-            )
-        if quiet is not None:
-            config.quiet = quiet
-        prepared = prepare(config, normalizer_state=state["normalizer"])
-        if ModelConfig(**state["model_config"]).to_dict() != prepared.model.config.to_dict():
-            raise ConvaeError(f"{run_dir}: the checkpoint's model does not match its config")
+        plan = _plan_resume(Path(resume), epochs)
     else:
         config = config if config is not None else TrainConfig()
         config.validate()
-        prepared = prepare(config)
-        run_dir = _new_run_dir(config)
-        state = None
+        plan = _plan_new(config)
+    config, run_dir, state = plan.config, plan.run_dir, plan.state
+    if quiet is not None:
+        config.quiet = quiet
+    prepared = prepare(config, normalizer_state=state["normalizer"] if state else None)
+    if state and ModelConfig(**state["model_config"]).to_dict() != prepared.model.config.to_dict():
+        raise ConvaeError(f"{run_dir}: the checkpoint's model does not match its config")
     runtime.set_threads(config.threads)
     dist, device = distributed.setup(runtime.pick_device(config.device))
-    created = not run_dir.exists()
-    trainer = Trainer(config, run_dir, prepared, device, dist)
-    trainer.on_epoch = on_epoch
-    if state is not None:
-        trainer.load_state(state, new_schedule)
+    lock = rundir.RunLock(run_dir)
+    trainer = None
     try:
         if dist.main:
-            run_dir.mkdir(parents=True, exist_ok=True)
+            lock.acquire()
+            if _check_state(plan) == "unstarted":
+                if resume is None:
+                    print(f"{run_dir}: a run there stopped before its first checkpoint; starting anew", file=sys.stderr)
+                rundir.clear_startup_files(run_dir)
+        trainer = Trainer(config, run_dir, prepared, device, dist)
+        trainer.on_epoch = on_epoch
+        if state is not None:
+            trainer.load_state(state, plan.new_schedule)
+        if dist.main:
             checkpoint.write_json(run_dir / "config.json", config.to_dict())
             checkpoint.atomic_write(run_dir / "preprocess.pt", lambda f: torch.save(prepared.normalizer.to_dict(), f))
-        trainer.fit(on_step)
+        if not plan.finish_only:
+            trainer.fit(on_step)
+        else:
+            trainer.open_summaries()
         final = trainer.finish()
         if dist.main:
             checkpoint.write_json(run_dir / "final.json", final)
         distributed.barrier(dist)
     except BaseException:
-        if trainer.summaries:
+        if trainer is not None and trainer.summaries:
             trainer.summaries.close()
-        if dist.main and created and not (run_dir / "last.pt").exists():
-            shutil.rmtree(run_dir, ignore_errors=True)
+        if lock.held and not (run_dir / "last.pt").exists():
+            if lock.created:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            else:
+                rundir.clear_startup_files(run_dir)
         raise
     finally:
+        lock.release()
         distributed.cleanup()
     return {"run_dir": str(run_dir), "epochs": trainer.state.epoch, "metrics": trainer.state.metrics, "final": final}
 

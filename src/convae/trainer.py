@@ -214,12 +214,15 @@ class Trainer:
         return batch[start:stop]
 
     # -- the loop ------------------------------------------------------------------------------
-    def fit(self, on_step: Callable[[int], None] | None = None) -> None:
-        config = self.config
+    def open_summaries(self) -> None:
         self.summaries = Summaries(str(self.run_dir), enabled=self.dist.main)
         self.pictures = TrainingPictures(self)
-        if self.state.epoch == 0 and self.dist.main:
-            self.pictures.graph()
+
+    def fit(self, on_step: Callable[[int], None] | None = None) -> None:
+        config = self.config
+        self.open_summaries()
+        if self.state.epoch == 0 and self.dist.main and not self.pictures.graph():
+            self._log(f"TensorBoard graph left out: {len(self.model.encoder)} blocks (drawn up to 100)")
         show_bar = not config.quiet and sys.stderr.isatty() and self.dist.main
         from tqdm import tqdm
 
@@ -297,10 +300,29 @@ class Trainer:
                 "Try a lower --lr or --clip-grad"
             )
 
+    def _check_weights(self, epoch: int) -> None:
+        """Stop before saving weights or batch-norm statistics that overflowed: a finite loss does
+        not prove them finite (a huge learning rate can send a running variance to inf)."""
+        tensors = [*self.params, *(b for b in self.model.buffers() if b.is_floating_point())]
+        bad = next((name for name, t in self._named(tensors) if not bool(torch.isfinite(t).all())), None)
+        flag = distributed.all_max(torch.tensor(int(bad is not None), device=self.device), self.dist)
+        if int(flag):
+            last = self.run_dir / "last.pt"
+            kept = f"; the last good checkpoint is {last}" if last.exists() else ""
+            raise ConvaeError(
+                f"weights became non-finite in epoch {epoch}{f' ({bad})' if bad else ' (on another process)'}; "
+                f"stopped, nothing saved{kept}. Try a lower --lr or --clip-grad"
+            )
+
+    def _named(self, tensors: list[Tensor]) -> list[tuple[str, Tensor]]:
+        names = {id(t): n for n, t in [*self.model.named_parameters(), *self.model.named_buffers()]}
+        return [(names.get(id(t), "the contrastive head"), t) for t in tensors]
+
     def end_epoch(self, train_loss: float, images_per_s: float, seconds: float, term: float | None) -> None:
         """Validate, record the epoch's metrics, write summaries and checkpoints (main process)."""
         config, state = self.config, self.state
         epoch = state.epoch
+        self._check_weights(epoch)
         val_idx = self._val_idx()
         val = self.validate(self.x[val_idx])
         val_train_mode = self.validate(self.x[val_idx[:2048]], train_mode=True)
@@ -410,17 +432,19 @@ class Trainer:
         """Continue from a checkpoint; ``new_schedule`` keeps the freshly planned learning-rate schedule."""
         if ("head" in state) != (self.head is not None):
             raise ConvaeError("checkpoint does not match this run: a contrastive head in one and not the other")
+        where = self.run_dir / "last.pt"
+        checkpoint.load_weights(self.model, state["model"], where)
+        if self.head is not None:
+            checkpoint.load_weights(self.head, state["head"], where)
         try:
-            self.model.load_state_dict(state["model"])
-            if self.head is not None:
-                self.head.load_state_dict(state["head"])
             self.optimizer.load_state_dict(state["optimizer"])
             if new_schedule:  # planned on the loaded optimizer, whose rate it then sets
                 self.scheduler = make_schedule(self.config, self.optimizer, self.steps_per_epoch)
             else:
                 self.scheduler.load_state_dict(state["scheduler"])
         except (RuntimeError, ValueError, KeyError) as err:
-            raise ConvaeError(f"checkpoint does not match this run's model: {str(err).splitlines()[0]}") from None
+            reason = str(err).splitlines()[0]
+            raise ConvaeError(f"{where}: the optimizer state does not fit this run: {reason}") from None
         bad_epochs = 0 if new_schedule else state["bad_epochs"]  # patience counts afresh when extended
         self.state = _State(state["epoch"], state["step"], float(state["best_val"]), bad_epochs, list(state["metrics"]))
 

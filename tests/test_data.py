@@ -104,7 +104,7 @@ def test_folder_with_labels_and_resize(tmp_path):
 
 
 def test_folder_errors(tmp_path):
-    with pytest.raises(ConvaeError, match="no PNG, JPEG or BMP"):
+    with pytest.raises(ConvaeError, match="no PNG, JPEG, BMP or TIFF"):
         data.load(f"folder:{tmp_path}")
     with pytest.raises(ConvaeError, match="no such folder"):
         data.load(f"folder:{tmp_path / 'missing'}")
@@ -168,3 +168,28 @@ def test_validation_split_fixed_by_seed():
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     assert not np.array_equal(a[1], c[1])
     assert len(a[1]) == 20 and len(np.intersect1d(*a)) == 0
+
+
+def test_a_folder_with_train_and_test_subfolders_has_those_splits(tmp_path):
+    from PIL import Image
+
+    for split, n in (("train", 4), ("test", 2)):
+        for label in ("ok", "bad"):
+            folder = tmp_path / "set" / split / label
+            folder.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(np.full((6, 5), 40 * i, np.uint8)).save(folder / f"{i}.png")
+    ds = data.load(f"folder:{tmp_path / 'set'}")
+    assert ds.x_train.shape == (8, 1, 6, 5) and ds.x_test.shape == (4, 1, 6, 5)
+    assert ds.classes == ["bad", "ok"] and ds.y_test.tolist() == [0, 0, 1, 1]
+
+
+def test_16_bit_grey_tiffs_are_scaled_to_8_bits_not_clipped(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "tiffs"
+    folder.mkdir()
+    Image.fromarray(np.full((4, 4), 65535, np.uint16)).save(folder / "white.tif")
+    Image.fromarray(np.full((4, 4), 32896, np.uint16)).save(folder / "grey.tif")
+    ds = data.load(f"folder:{folder}")
+    assert sorted(ds.x_train.reshape(2, -1).max(1).tolist()) == pytest.approx([128 / 255, 1.0])

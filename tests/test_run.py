@@ -36,3 +36,17 @@ def test_encode_cli_npz_and_npy(run_dir, tmp_path):
     assert main(["encode", str(run_dir), "--out", str(tmp_path / "codes.npy"), "--split", "val", "--quiet"]) == 0
     assert np.load(tmp_path / "codes.npy").shape == (12, 6)
     assert main(["encode", str(run_dir), "--out", str(tmp_path / "codes.txt")]) == 2
+
+
+def test_a_run_takes_uint8_images_as_the_loaders_scale_them_and_tensors_give_tensors(run_dir):
+    from convae.run import load
+
+    run = load(run_dir)
+    images = np.random.default_rng(0).integers(0, 256, (5, 1, 8, 8), dtype=np.uint8)
+    as_floats = run.reconstruct(images.astype(np.float32) / 255)
+    np.testing.assert_allclose(run.reconstruct(images), as_floats, atol=1e-6)  # not 255 times off
+    out = run.reconstruct(torch.as_tensor(images))
+    assert isinstance(out, torch.Tensor) and torch.allclose(out, torch.as_tensor(as_floats), atol=1e-6)
+    codes = run.encode(torch.as_tensor(images))
+    assert isinstance(codes, torch.Tensor) and isinstance(run.decode(codes), torch.Tensor)
+    assert isinstance(run.encode(images), np.ndarray)

@@ -337,15 +337,33 @@ def test_compiled_steps_see_one_batch_shape(npz, tmp_path, monkeypatch):
     assert sizes[False] == n // 20 + 1 and sizes["reduce-overhead"] == n // 20
 
 
-def test_without_a_validation_split_a_capped_spread_of_training_images_stands_in(npz, tmp_path, monkeypatch):
+def test_without_a_validation_split_a_capped_spread_of_training_images_stands_in(npz, tmp_path):
     config = _config(npz, tmp_path, val_fraction=0.0)
     prepared = prepare(config)
     trainer = Trainer(config, tmp_path, prepared, torch.device("cpu"))
     assert torch.equal(trainer._val_idx(), trainer.train_idx)  # few images: all of them
-    monkeypatch.setattr("convae.trainer.MONITOR_SAMPLES", 7)
+    config.val_samples = 7
     subset = trainer._val_idx()
     assert 4 <= len(subset) <= 7  # every k-th image, k chosen to keep it under the cap
     assert subset[0] == trainer.train_idx[0] and subset[-1] > trainer.train_idx[len(trainer.train_idx) // 2]
+
+
+def test_a_large_validation_split_is_capped_too(npz, tmp_path):
+    config = _config(npz, tmp_path, val_fraction=0.5, val_samples=10)
+    trainer = Trainer(config, tmp_path, prepare(config), torch.device("cpu"))
+    assert len(trainer.val_idx) == 48 and 8 <= len(trainer._val_idx()) <= 10
+    config.val_samples = 0  # all of it
+    assert torch.equal(trainer._val_idx(), trainer.val_idx)
+
+
+def test_max_steps_ends_the_run_mid_epoch_and_the_schedule_with_it(npz, tmp_path):
+    result = train(_config(npz, tmp_path, epochs=5, max_steps=8))  # 6 steps an epoch
+    assert [(m["epoch"], m["step"]) for m in result["metrics"]] == [(1, 6), (2, 8)]
+    assert result["metrics"][-1]["lr"] < 0.1 * 3e-3  # the one-cycle ended with the run, not at epoch 5
+    with pytest.raises(ConvaeError, match="already finished"):
+        train(resume=tmp_path / "run")
+    more = train(resume=tmp_path / "run", max_steps=14)
+    assert [m["step"] for m in more["metrics"]] == [6, 8, 14]
 
 
 def test_batch_norm_lag_warns_only_when_eval_mode_is_the_worse():
@@ -366,7 +384,8 @@ def test_resume_with_more_epochs_trains_a_finished_run_on_with_a_new_schedule(np
     before = checkpoint.load(tmp_path / "a" / "last.pt")
     extended = train(resume=tmp_path / "a", epochs=4)
     assert (
-        "training on from epoch 2 to 4; the onecycle learning-rate schedule is planned anew" in capsys.readouterr().err
+        "training on from step 12 (epoch 2); the onecycle learning-rate schedule is planned anew"
+        in capsys.readouterr().err
     )
     assert [m["epoch"] for m in extended["metrics"]] == [1, 2, 3, 4]
     saved = json.loads((tmp_path / "a" / "config.json").read_text())
@@ -398,7 +417,10 @@ def test_resume_from_the_cli_takes_epochs_and_quiet_and_refuses_other_settings(n
     assert main(["train", "--resume", run, "--epochs", "2", "--quiet"]) == 0
     assert "epoch 2/2" not in capsys.readouterr().err  # --quiet is honoured on resume
     assert main(["train", "--resume", run, "--lr", "0.1"]) == 2
-    assert "give no other settings (only --epochs to train it on, or --quiet): not lr" in capsys.readouterr().err
+    assert (
+        "give no other settings (only --epochs or --max-steps to train it on, or --quiet): not lr"
+        in capsys.readouterr().err
+    )
 
 
 def test_fit_takes_settings_as_the_cli_does_and_reports_each_epoch(npz, tmp_path):

@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 from convae import config as cfg
 from convae.errors import ConvaeError
 
-RESUME_SETTINGS = {"epochs", "quiet"}  # what --resume accepts beside the run
+RESUME_SETTINGS = {"epochs", "max_steps", "quiet"}  # what --resume accepts beside the run
 
 
 class Parser(argparse.ArgumentParser):
@@ -127,11 +127,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         extra = sorted(set(settings) - RESUME_SETTINGS)
         if extra or args.config:
+            refused = ": not " + ", ".join(extra) if extra else ""
             raise ConvaeError(
                 "--resume continues a run with its saved settings; give no other settings "
-                f"(only --epochs to train it on, or --quiet){': not ' + ', '.join(extra) if extra else ''}"
+                f"(only --epochs or --max-steps to train it on, or --quiet){refused}"
             )
-        result = train(resume=args.resume, epochs=settings.get("epochs"), quiet=settings.get("quiet"))
+        extend = {k: settings.get(k) for k in ("epochs", "max_steps", "quiet")}
+        result = train(resume=args.resume, **extend)
     else:
         result = train(cfg.resolve_config(settings))
     final, run = result["final"], result["run_dir"]

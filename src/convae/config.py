@@ -117,7 +117,10 @@ class DataSettings:
         None, "folder images: resize and centre-crop to H,W", parse=parse_image_size, metavar="H,W"
     )
     val_fraction: float = setting(
-        0.1, "held-out share for validation (0: monitor 10,000 training images)", bounds="[0, 1)"
+        0.1, "held-out share for validation (0: training images are monitored instead)", bounds="[0, 1)"
+    )
+    val_samples: int = setting(
+        10_000, "validation samples evaluated each epoch, evenly spread (0: all)", bounds="[0, inf)"
     )
     normalize: str = setting("unit", "input preparation, inverted for output", choices=NORMALIZE)
     zca_epsilon: float = setting(1e-2, "ZCA whitening epsilon", bounds="(0, inf)")
@@ -166,6 +169,9 @@ class OptimSettings:
     weight_decay: float = setting(0.0, "weight decay", bounds="[0, inf)")
     schedule: str = setting("onecycle", "learning-rate schedule", choices=SCHEDULES)
     epochs: int = setting(15, "epochs (with --resume: train a run on to this many)", bounds="[1, inf)")
+    max_steps: int | None = setting(
+        None, "stop after this many optimizer steps (the epoch in progress ends there)", bounds="[1, inf)"
+    )
     batch_size: int = setting(128, "global batch size (split over torchrun's processes)", bounds="[1, inf)")
     clip_grad: float | None = setting(None, "clip the gradient norm to this value", bounds="(0, inf)")
     patience: int | None = setting(None, "early stopping: epochs without validation improvement", bounds="[1, inf)")

@@ -7,8 +7,9 @@ Independent of the model. Sources for ``--data``:
 ``mnist``           ``~/.cache/convae/<name>``, ``/usr/share/datasets/<name>``;
                     downloaded (checksums verified) when absent.
 ``digits``          scikit-learn's bundled 8x8 digits, always offline.
-``folder:PATH``     PNG/JPEG/BMP files found recursively; subfolder names are
-                    the labels when every image sits in one.
+``folder:PATH``     PNG/JPEG/BMP/TIFF files found recursively; subfolder names
+                    are the labels when every image sits in one; ``train/``
+                    and ``test/`` subfolders are the splits.
 ``npy:PATH``        ``.npy`` or ``.npz``: (N, H, W), (N, C, H, W) or (N, H, W, C).
 ==================  ===========================================================
 """
@@ -31,7 +32,7 @@ import numpy as np
 
 from convae.errors import ConvaeError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 @dataclass
@@ -297,54 +298,88 @@ def _resize_crop(image, size: tuple[int, int]):
     return image.crop((left, top, left + w, top + h))
 
 
-def load_folder(path: str, channels: int | None = None, image_size: Sequence[int] | None = None) -> Dataset:
+_GREY_MODES = ("L", "1", "I", "I;16", "I;16B", "I;16L", "F")
+
+
+def _decode(path: Path, mode: str, image_size: Sequence[int] | None) -> np.ndarray:
+    """One image file as (C, H, W) uint8, converted and resized at once, so that no decoded
+    original outlives its own turn (memory stays that of the resized images)."""
     from PIL import Image, UnidentifiedImageError
 
-    root = Path(path)
-    if not root.is_dir():
-        raise ConvaeError(f"{root}: no such folder")
-    files = sorted(f for f in root.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise ConvaeError(f"{root}: no PNG, JPEG or BMP images found")
-    images = []
+    try:
+        with Image.open(path) as img:
+            if img.mode.startswith("I") and mode == "L":  # 16-bit grey: scaled to 8 bits, not clipped
+                img = Image.fromarray((np.asarray(img, dtype=np.float64) / 257.0).round().clip(0, 255).astype(np.uint8))
+            img = img.convert(mode)
+            if image_size is not None:
+                img = _resize_crop(img, (int(image_size[0]), int(image_size[-1])))
+            a = np.asarray(img, dtype=np.uint8)
+    except Image.DecompressionBombError:
+        raise ConvaeError(too_large(path)) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ConvaeError(f"{path}: cannot read image ({err})") from None
+    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+
+
+def _headers(files: list[Path]) -> list[tuple[str, tuple[int, int]]]:
+    """(mode, size) of each file, from its header alone (no pixels decoded)."""
+    from PIL import Image, UnidentifiedImageError
+
+    out = []
     for f in files:
         try:
             with Image.open(f) as img:
-                img.load()
-                images.append(img.copy())
+                out.append((img.mode, img.size))
         except Image.DecompressionBombError:
             raise ConvaeError(too_large(f)) from None
         except (UnidentifiedImageError, OSError, SyntaxError) as err:
             raise ConvaeError(f"{f}: cannot read image ({err})") from None
+    return out
+
+
+def _image_files(root: Path) -> list[Path]:
+    return sorted(f for f in root.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def load_folder(path: str, channels: int | None = None, image_size: Sequence[int] | None = None) -> Dataset:
+    """Images found recursively below ``path``; subfolder names are the labels when every image sits
+    in one. With ``train/`` and ``test/`` subfolders, those are the splits (labels below each)."""
+    root = Path(path)
+    if not root.is_dir():
+        raise ConvaeError(f"{root}: no such folder")
+    split_roots = [root / "train", root / "test"]
+    splits = all(d.is_dir() and _image_files(d) for d in split_roots)
+    groups = [_image_files(d) for d in split_roots] if splits else [_image_files(root)]
+    if not groups[0]:
+        raise ConvaeError(f"{root}: no PNG, JPEG, BMP or TIFF images found")
+    headers = [_headers(files) for files in groups]
+    every = [h for group in headers for h in group]
     if channels is None:
-        channels = 1 if all(img.mode in ("L", "1", "I", "I;16", "F") for img in images) else 3
+        channels = 1 if all(m in _GREY_MODES for m, _ in every) else 3
     if channels not in (1, 3):
         raise ConvaeError(f"channels must be 1 or 3, not {channels}")
-    mode = "L" if channels == 1 else "RGB"
     if image_size is None:
-        sizes = {img.size for img in images}
+        sizes = sorted({size for _, size in every})
         if len(sizes) > 1:
-            (a, b) = sorted(sizes)[:2]
-            first = next(f for f, img in zip(files, images) if img.size == a)
-            other = next(f for f, img in zip(files, images) if img.size == b)
+            names = [f for files in groups for f in files]
+            first = next(f for f, (_, size) in zip(names, every) if size == sizes[0])
+            other = next(f for f, (_, size) in zip(names, every) if size == sizes[1])
+            (a, b) = sizes[:2]
             raise ConvaeError(
                 f"{root}: images of different sizes ({first.name} is {a[0]}x{a[1]}, {other.name} is {b[0]}x{b[1]}); "
                 "pass --image-size H,W"
             )
-    arrays = []
-    for img in images:
-        img = img.convert(mode)
-        if image_size is not None:
-            img = _resize_crop(img, (int(image_size[0]), int(image_size[-1])))
-        a = np.asarray(img, dtype=np.uint8)
-        arrays.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
-    x = _to_float(np.stack(arrays))
-    parents = [f.parent.relative_to(root).parts for f in files]
+    mode = "L" if channels == 1 else "RGB"
+    arrays = [np.stack([_decode(f, mode, image_size) for f in files]) for files in groups]
+    bases = split_roots if splits else [root]
+    parents = [[f.parent.relative_to(base).parts for f in files] for base, files in zip(bases, groups)]
     labels = classes = None
-    if all(len(p) >= 1 for p in parents):
-        classes = sorted({p[0] for p in parents})
-        labels = np.array([classes.index(p[0]) for p in parents], dtype=np.int64)
-    return Dataset(root.name, x, labels, classes=classes)
+    if all(len(p) >= 1 for group in parents for p in group):
+        classes = sorted({p[0] for group in parents for p in group})
+        labels = [np.array([classes.index(p[0]) for p in group], dtype=np.int64) for group in parents]
+    x_test = _to_float(arrays[1]) if splits else None
+    y_test = labels[1] if splits and labels else None
+    return Dataset(root.name, _to_float(arrays[0]), labels[0] if labels else None, x_test, y_test, classes=classes)
 
 
 SOURCES = ("fashion-mnist", "mnist", "digits", "folder:PATH", "npy:PATH")

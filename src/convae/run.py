@@ -46,23 +46,27 @@ class Run:
         path = self.run_dir / "final.json"
         return json.loads(path.read_text()) if path.is_file() else {}
 
-    @torch.no_grad()
-    def encode(self, x: np.ndarray | Tensor, batch_size: int = 1024) -> np.ndarray:
-        return np.concatenate([self.model.encode(b).cpu().numpy() for b in self._batches(x, batch_size)])
+    # Inputs as the loaders give them: floats in the data's scale (images in [0, 1]), or uint8
+    # images, scaled to [0, 1] as the loaders scale them. A tensor in gives a tensor out (on its
+    # device), an array in gives an array.
 
     @torch.no_grad()
-    def decode(self, z: np.ndarray | Tensor, batch_size: int = 1024) -> np.ndarray:
-        z = torch.as_tensor(np.asarray(z), dtype=torch.float32)
-        out = [self.normalizer.inverse(self.model.decode(b.to(self.device))).cpu().numpy() for b in z.split(batch_size)]
-        return np.concatenate(out)
+    def encode(self, x: np.ndarray | Tensor, batch_size: int = 1024) -> np.ndarray | Tensor:
+        return _like(x, [self.model.encode(b) for b in self._batches(x, batch_size)])
 
     @torch.no_grad()
-    def reconstruct(self, x: np.ndarray | Tensor, batch_size: int = 1024) -> np.ndarray:
-        out = [self.normalizer.inverse(self.model(b)).cpu().numpy() for b in self._batches(x, batch_size)]
-        return np.concatenate(out)
+    def decode(self, z: np.ndarray | Tensor, batch_size: int = 1024) -> np.ndarray | Tensor:
+        codes = torch.as_tensor(np.asarray(z) if not isinstance(z, Tensor) else z, dtype=torch.float32)
+        out = [self.normalizer.inverse(self.model.decode(b.to(self.device))) for b in codes.split(batch_size)]
+        return _like(z, out)
+
+    @torch.no_grad()
+    def reconstruct(self, x: np.ndarray | Tensor, batch_size: int = 1024) -> np.ndarray | Tensor:
+        return _like(x, [self.normalizer.inverse(self.model(b)) for b in self._batches(x, batch_size)])
 
     def _batches(self, x: np.ndarray | Tensor, batch_size: int) -> Iterator[Tensor]:
-        x = torch.as_tensor(np.asarray(x), dtype=torch.float32)
+        raw = x if isinstance(x, Tensor) else torch.as_tensor(np.asarray(x))
+        x = raw.float() / 255.0 if raw.dtype == torch.uint8 else raw.float()
         expected = self.model.input_shape
         if x.dim() != len(expected) + 1 or x.shape[1] != expected[0]:
             raise ConvaeError(f"expected inputs shaped (N, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
@@ -70,6 +74,11 @@ class Run:
             raise ConvaeError("no samples to process")
         for batch in x.split(batch_size):
             yield self.normalizer.transform(batch.to(self.device))
+
+
+def _like(x: np.ndarray | Tensor, batches: list[Tensor]) -> np.ndarray | Tensor:
+    out = torch.cat(batches)
+    return out.to(x.device) if isinstance(x, Tensor) else out.cpu().numpy()
 
 
 def load_run(
@@ -116,21 +125,30 @@ def take(y: np.ndarray | None, idx: np.ndarray) -> np.ndarray | None:
 def dataset_split(
     run: Run, data: str | None, split: str, dataset: Dataset | None = None
 ) -> tuple[np.ndarray, np.ndarray | None, Dataset]:
-    """Samples and labels of a split: ``test`` (or all data when there is none), ``val`` or ``train``.
+    """Samples and labels of a split of the run's data (or of ``data``): ``test``, ``val``, ``train``, ``all``.
 
+    ``test`` of a source without a test split is the run's validation split, held out
+    from training, so that nothing is measured on images the model trained on; of
+    another dataset than the run's, all of it. ``all`` is the whole training file.
     ``dataset``, when given, is ``data`` (or the run's data) already loaded.
     """
     if split not in SPLITS:
         raise ConvaeError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
     cfg = run.config
+    own = data is None or data == cfg.data
     dataset = dataset or load_dataset(data or cfg.data, cfg)
     if split == "test" and dataset.x_test is not None:
         return dataset.x_test, dataset.y_test, dataset
-    if split in ("val", "train") and (data is None or data == cfg.data):
+    if split in ("val", "train") or (split == "test" and own):
+        if not own:
+            raise ConvaeError(f"the {split} split is the run's own; {data} has no such split")
         train_idx, val_idx = split_validation(len(dataset.x_train), cfg.val_fraction, cfg.seed)
-        idx = val_idx if split == "val" else train_idx
-        if split == "val" and len(idx) == 0:
-            raise ConvaeError(f"the run kept no validation split of {cfg.data}")
+        idx = train_idx if split == "train" else val_idx
+        if split != "train" and len(idx) == 0:
+            raise ConvaeError(
+                f"{cfg.data} has no test split and the run kept no validation split (val_fraction 0): "
+                "every sample was trained on; give --data with held-out samples"
+            )
         return dataset.x_train[idx], take(dataset.y_train, idx), dataset
     return dataset.x_train, dataset.y_train, dataset
 

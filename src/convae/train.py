@@ -97,14 +97,13 @@ def _check_state(plan: _Plan) -> str:
     return kind
 
 
-def _plan_resume(run_dir: Path, epochs: int | None) -> _Plan:
+def _plan_resume(run_dir: Path, epochs: int | None, max_steps: int | None = None) -> _Plan:
     kind = rundir.state_of(run_dir)
     if kind == "absent":
         raise ConvaeError(f"{run_dir}: no such run directory")
     if kind == "unstarted":  # killed before its first checkpoint: its settings are all there is
         config = resolve_config({k: v for k, v in rundir.saved_settings(run_dir).items() if k in USER_FIELDS})
-        if epochs is not None:
-            config.epochs = epochs
+        config.epochs, config.max_steps = epochs or config.epochs, max_steps or config.max_steps
         print(f"{run_dir}: stopped before its first checkpoint; starting it from the beginning", file=sys.stderr)
         return _Plan(config, run_dir)
     if kind not in ("started", "finished"):
@@ -112,8 +111,9 @@ def _plan_resume(run_dir: Path, epochs: int | None) -> _Plan:
     state = checkpoint.load(run_dir / "last.pt")
     config = TrainConfig(**state["train_config"])
     done, accepts = state["epoch"], ("started", "finished")
-    if epochs is None or epochs == config.epochs:
-        if config.epochs > done:
+    same_plan = (epochs is None or epochs == config.epochs) and (max_steps is None or max_steps == config.max_steps)
+    if same_plan:
+        if config.epochs > done and (config.max_steps is None or config.max_steps > state["step"]):
             return _Plan(config, run_dir, state, accepts=accepts)
         if kind == "started":
             print(f"{run_dir}: its epochs are done, its final evaluation is not; finishing it", file=sys.stderr)
@@ -121,15 +121,22 @@ def _plan_resume(run_dir: Path, epochs: int | None) -> _Plan:
         raise ConvaeError(
             f"{run_dir} already finished its {config.epochs} epochs; pass --epochs N (more) to train it on"
         )
-    if epochs <= done:
+    if epochs is not None and epochs <= done:
         raise ConvaeError(f"{run_dir} has trained {done} epochs already; --epochs must be more than that")
+    if max_steps is not None and max_steps <= state["step"]:
+        raise ConvaeError(f"{run_dir} has taken {state['step']} steps already; --max-steps must be more than that")
     # Trained on past its plan (or stopped and re-planned): the schedule starts anew from here,
-    # over the epochs that remain, so a one-cycle or cosine run does not go on at its final, tiny rate.
-    config = dataclasses.replace(config, epochs=epochs, schedule_start=state["step"])
+    # over the steps that remain, so a one-cycle or cosine run does not go on at its final, tiny rate.
+    epochs = epochs or config.epochs  # a run ends at its epochs or its max_steps, whichever comes first
+    if epochs <= done:
+        raise ConvaeError(f"{run_dir} already finished its {epochs} epochs; pass --epochs N (more) to go on")
+    config = dataclasses.replace(
+        config, epochs=epochs, max_steps=max_steps or config.max_steps, schedule_start=state["step"]
+    )
     config.validate()
     print(
-        f"{run_dir}: training on from epoch {done} to {epochs}; the {config.schedule} "
-        "learning-rate schedule is planned anew over the epochs added",
+        f"{run_dir}: training on from step {state['step']} (epoch {done}); the {config.schedule} "
+        "learning-rate schedule is planned anew over what is added",
         file=sys.stderr,
     )
     return _Plan(config, run_dir, state, new_schedule=True, accepts=accepts)
@@ -140,6 +147,7 @@ def train(
     *,
     resume: str | Path | None = None,
     epochs: int | None = None,
+    max_steps: int | None = None,
     quiet: bool | None = None,
     on_step: Callable[[int], None] | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
@@ -155,7 +163,7 @@ def train(
     the directory as it found it, and one killed then can be started again.
     """
     if resume is not None:
-        plan = _plan_resume(Path(resume), epochs)
+        plan = _plan_resume(Path(resume), epochs, max_steps)
     else:
         config = config if config is not None else TrainConfig()
         config.validate()

@@ -32,8 +32,6 @@ from convae.summaries import Summaries, TrainingPictures
 if TYPE_CHECKING:
     from convae.train import Prepared
 
-MONITOR_SAMPLES = 10_000  # the training images that stand in for a missing validation split
-
 
 def epoch_seeds(seed: int, epoch: int, rank: int = 0) -> tuple[int, int]:
     """(shuffle seed, per-process seed) of an epoch.
@@ -78,10 +76,16 @@ def make_optimizer(config: TrainConfig, params: list[nn.Parameter], steps_per_ep
     return optimizer, make_schedule(config, optimizer, steps_per_epoch)
 
 
+def planned_steps(config: TrainConfig, steps_per_epoch: int) -> int:
+    """The optimizer steps a run takes: its epochs', or ``max_steps`` if that comes first."""
+    steps = config.epochs * steps_per_epoch
+    return min(steps, config.max_steps) if config.max_steps else steps
+
+
 def make_schedule(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
     """The learning-rate schedule, spanning the steps from ``config.schedule_start`` to the end of
     ``config.epochs``; it sets the optimizer's rate (and one-cycle's momentum) for the next step."""
-    total = max(config.epochs * steps_per_epoch - config.schedule_start, 1)
+    total = max(planned_steps(config, steps_per_epoch) - config.schedule_start, 1)
     if config.schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
     elif config.schedule == "onecycle":
@@ -226,10 +230,10 @@ class Trainer:
         show_bar = not config.quiet and sys.stderr.isatty() and self.dist.main
         from tqdm import tqdm
 
-        total = config.epochs * self.steps_per_epoch
+        total = planned_steps(config, self.steps_per_epoch)
         self.bar = tqdm(total=total, initial=self.state.step, disable=not show_bar, unit="step")
         try:
-            while self.state.epoch < config.epochs:
+            while self.state.step < total:
                 if config.patience is not None and self.state.bad_epochs >= config.patience:
                     self._log(f"early stopping: no validation improvement in {config.patience} epochs")
                     break
@@ -242,7 +246,8 @@ class Trainer:
     def train_epoch(
         self, on_step: Callable[[int], None] | None, show_bar: bool
     ) -> tuple[float, float | None, float, float]:
-        """One pass over a seeded permutation of the training split: (loss, term, images/s, seconds)."""
+        """One pass over a seeded permutation of the training split (cut short where ``max_steps``
+        ends the run): (loss, term, images/s, seconds)."""
         config, epoch = self.config, self.state.epoch
         seed, local = epoch_seeds(config.seed, epoch, self.dist.rank)
         torch.manual_seed(local)  # dropout and anything else drawing from the global RNG
@@ -254,7 +259,8 @@ class Trainer:
         running_term = torch.zeros((), device=self.device)
         first_bad = torch.full((), -1, device=self.device, dtype=torch.long)
         started, seen = time.perf_counter(), 0
-        for i in range(self.steps_per_epoch):
+        steps = min(self.steps_per_epoch, planned_steps(config, self.steps_per_epoch) - self.state.step)
+        for i in range(steps):
             batch = order[i * self.batch : (i + 1) * self.batch]
             noisy, clean = self._prepare_batch(self._rows(self._shard(batch)), generator, augment=True)
             loss, term = self._loss(self.net, noisy, clean, len(batch))
@@ -273,7 +279,7 @@ class Trainer:
             seen += len(batch)
             if on_step is not None:
                 on_step(step)
-            if show_bar and (i % 20 == 19 or i == self.steps_per_epoch - 1):
+            if show_bar and (i % 20 == 19 or i == steps - 1):
                 if self.dist.world == 1:  # with several processes, only the epoch end checks (together)
                     self._check_finite(first_bad, epoch)
                 rate = seen / max(time.perf_counter() - started, 1e-9)
@@ -281,12 +287,12 @@ class Trainer:
                 self.bar.update(step - self.bar.n)
         self._check_finite(first_bad, epoch)
         elapsed = time.perf_counter() - started
-        self.state.step += self.steps_per_epoch
+        self.state.step += steps
         self.state.epoch += 1
-        train_loss = float(distributed.all_mean(running, self.dist)) / self.steps_per_epoch
+        train_loss = float(distributed.all_mean(running, self.dist)) / steps
         mean_term = None
         if self.objective.term is not None:
-            mean_term = float(distributed.all_mean(running_term, self.dist)) / self.steps_per_epoch
+            mean_term = float(distributed.all_mean(running_term, self.dist)) / steps
         return train_loss, mean_term, seen / elapsed, elapsed
 
     def _check_finite(self, first_bad: Tensor, epoch: int) -> None:
@@ -392,12 +398,13 @@ class Trainer:
         return {"loss": float(total_loss) / len(raw), "mse": mse, "psnr": psnr(mse, self.p.data_high - self.p.data_low)}
 
     def _val_idx(self) -> Tensor:
-        # Without a validation split (val_fraction 0) the training data stands in: every
-        # k-th image, at most MONITOR_SAMPLES, since a forward pass over all of Fashion-MNIST's
-        # 60,000 each epoch costs a third of the epoch's training (on a CPU, a third longer runs).
-        if len(self.val_idx):
-            return self.val_idx
-        return self.train_idx[:: math.ceil(len(self.train_idx) / MONITOR_SAMPLES)]
+        # At most val_samples of the validation split, evenly spread, since a pass over a huge split
+        # each epoch could cost more than the epoch. Without a validation split (val_fraction 0) the
+        # training data stands in, capped alike: a pass over all of Fashion-MNIST's 60,000 costs a
+        # third of the epoch's training on a CPU.
+        idx = self.val_idx if len(self.val_idx) else self.train_idx
+        cap = self.config.val_samples
+        return idx[:: math.ceil(len(idx) / cap)] if cap and len(idx) > cap else idx
 
     def _log(self, message: str) -> None:
         if self.config.quiet or not self.dist.main:

@@ -193,3 +193,40 @@ def test_16_bit_grey_tiffs_are_scaled_to_8_bits_not_clipped(tmp_path):
     Image.fromarray(np.full((4, 4), 32896, np.uint16)).save(folder / "grey.tif")
     ds = data.load(f"folder:{folder}")
     assert sorted(ds.x_train.reshape(2, -1).max(1).tolist()) == pytest.approx([128 / 255, 1.0])
+
+
+def test_spatial_dims_reads_signals_and_volumes_and_refuses_other_shapes(tmp_path):
+    np.save(tmp_path / "sig.npy", np.zeros((5, 2, 301), np.float32))
+    np.save(tmp_path / "flat.npy", np.zeros((5, 77), np.float32))
+    np.save(tmp_path / "vol.npy", np.zeros((5, 1, 9, 13, 11), np.float32))
+    assert data.load(f"npy:{tmp_path / 'sig.npy'}", spatial_dims=1).sample_shape == (2, 301)
+    assert data.load(f"npy:{tmp_path / 'sig.npy'}").sample_shape == (1, 2, 301)  # without it: images, as before
+    assert data.load(f"npy:{tmp_path / 'flat.npy'}", spatial_dims=1).sample_shape == (1, 77)
+    assert data.load(f"npy:{tmp_path / 'vol.npy'}", spatial_dims=3).sample_shape == (1, 9, 13, 11)
+    with pytest.raises(ConvaeError, match=r"--spatial-dims 3 takes arrays shaped \(N, C, D, H, W\) or \(N, D, H, W\)"):
+        data.load(f"npy:{tmp_path / 'sig.npy'}", spatial_dims=3)
+    with pytest.raises(ConvaeError, match="signals and volumes: --spatial-dims 1 or 3"):
+        data.load(f"npy:{tmp_path / 'vol.npy'}")
+
+
+def test_python_data_arrays_tensors_and_datasets(tmp_path):
+    import torch
+
+    images = np.random.default_rng(0).integers(0, 256, (6, 8, 8), dtype=np.uint8)
+    from_array = data.from_python(images)
+    assert from_array.x_train.shape == (6, 1, 8, 8) and from_array.x_train.max() <= 1.0
+    assert np.array_equal(data.from_python(torch.as_tensor(images)).x_train, from_array.x_train)
+
+    class Pairs(torch.utils.data.Dataset):
+        def __len__(self):
+            return 6
+
+        def __getitem__(self, i):
+            return torch.as_tensor(images[i]), i % 2
+
+    pairs = data.from_python(Pairs())
+    assert np.array_equal(pairs.x_train, from_array.x_train) and pairs.y_train.tolist() == [0, 1, 0, 1, 0, 1]
+    single = data.from_python(torch.utils.data.TensorDataset(torch.as_tensor(images)))  # items are 1-tuples
+    assert np.array_equal(single.x_train, from_array.x_train) and single.y_train is None
+    with pytest.raises(ConvaeError, match="not dict"):
+        data.from_python({"x": 1})

@@ -69,3 +69,25 @@ def test_make_grid_layout():
     grid = make_grid(images, columns=4, pad=1)
     assert grid.shape == (1, 3 * 5 + 1, 4 * 6 + 1)
     assert torch.equal(grid[:, 1:5, 1:6], images[0])
+
+
+def test_signals_are_plotted_and_volumes_shown_by_their_middle_slice(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    arrays = {1: rng.random((40, 2, 31)), 3: rng.random((40, 1, 5, 7, 9))}
+    for dims, x in arrays.items():
+        np.save(tmp_path / f"{dims}.npy", x.astype(np.float32))
+        run = tmp_path / f"run{dims}"
+        settings = dict(
+            data=f"npy:{tmp_path / f'{dims}.npy'}", spatial_dims=dims, arch="conv(4,3,stride=2) relu dense(4)"
+        )
+        train(resolve_config({**settings, "epochs": 1, "batch_size": 16, "out": str(run), "quiet": True}))
+        images = {tag for acc in _accumulators(run) for tag in acc.Tags()["images"]}
+        if dims == 1:
+            assert "signals" in images and "images/input" not in images
+        else:
+            assert {"images/input", "images/reconstruction"} <= images
+            acc = next(a for a in _accumulators(run) if "images/input" in a.Tags()["images"])
+            grid = acc.Images("images/input")[-1]
+            assert grid.height > 7 and grid.width > 9  # slices of 7x9, on a grid

@@ -461,3 +461,26 @@ def test_bf16_autocast_trains_convolutions_over_one_pixel_maps(tmp_path, convs):
     losses = [m["train_loss"] for m in result["metrics"]]
     assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
     assert json.loads((tmp_path / "run" / "config.json").read_text())["amp"] is True
+
+
+def test_fit_trains_from_an_array_and_a_dataset_and_says_what_eval_needs(tmp_path, capsys):
+    import numpy as np
+
+    import convae
+    from convae.cli import main
+
+    signals = np.sin(np.linspace(0, 6, 97))[None, None] * np.random.default_rng(0).random((48, 1, 1))
+    run = convae.fit(
+        signals.astype(np.float32),
+        spatial_dims=1,
+        arch="conv(4,3,stride=2) relu dense(4)",
+        epochs=2,
+        batch_size=16,
+        out=str(tmp_path / "sig"),
+        quiet=True,
+        histograms=False,
+    )
+    assert run.model.input_shape == (1, 97) and run.config.data == "python"
+    assert run.reconstruct(signals[:3].astype(np.float32)).shape == (3, 1, 97)  # odd length, exact
+    assert main(["eval", str(tmp_path / "sig")]) == 2
+    assert "trained on data passed from Python; give the data to use (--data)" in capsys.readouterr().err

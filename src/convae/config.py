@@ -116,6 +116,12 @@ class DataSettings:
     image_size: list[int] | None = setting(
         None, "folder images: resize and centre-crop to H,W", parse=parse_image_size, metavar="H,W"
     )
+    spatial_dims: int | None = setting(
+        None,
+        "arrays: samples are (N, C, *spatial) with 1 (signals), 2 (images) or 3 (volumes) spatial axes",
+        choices=(1, 2, 3),
+        default_text="image rules: (N, H, W), (N, C, H, W) or (N, H, W, C)",
+    )
     val_fraction: float = setting(
         0.1, "held-out share for validation (0: training images are monitored instead)", bounds="[0, 1)"
     )

@@ -219,6 +219,68 @@ def load_digits() -> Dataset:
     return Dataset("digits", x, digits.target.astype(np.int64), classes=[str(i) for i in range(10)])
 
 
+def as_samples(x: np.ndarray, name: str, spatial_dims: int | None = None) -> np.ndarray:
+    """An array of samples as float32 (N, C, *spatial), uint8 scaled to [0, 1].
+
+    With ``spatial_dims`` (1, 2 or 3) the array is (N, C, *spatial) or, without a channel
+    axis, (N, *spatial). Without it, image rules: (N, H, W), (N, C, H, W) or (N, H, W, C).
+    """
+    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        raise ConvaeError(f"{name}: expected a numeric array, got dtype {x.dtype}")
+    if spatial_dims is not None:
+        if x.ndim == spatial_dims + 1:
+            x = x[:, None]
+        elif x.ndim != spatial_dims + 2:
+            axes = {1: "L", 2: "H, W", 3: "D, H, W"}[spatial_dims]
+            raise ConvaeError(
+                f"{name}: --spatial-dims {spatial_dims} takes arrays shaped (N, C, {axes}) or (N, {axes}), "
+                f"not {x.shape}"
+            )
+    elif x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4:
+        # Channels-last when the last axis looks like channels and the second does not.
+        if x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
+            x = x.transpose(0, 3, 1, 2)
+    else:
+        raise ConvaeError(
+            f"{name}: expected an array shaped (N, H, W), (N, C, H, W) or (N, H, W, C), got {x.shape} "
+            "(signals and volumes: --spatial-dims 1 or 3)"
+        )
+    if len(x) == 0:
+        raise ConvaeError(f"{name}: the array holds no samples")
+    if 0 in x.shape:
+        raise ConvaeError(f"{name}: the array has an empty axis (shape {x.shape})")
+    x = _to_float(np.ascontiguousarray(x))
+    if not np.isfinite(x).all():
+        bad = int((~np.isfinite(x)).any(axis=tuple(range(1, x.ndim))).argmax())
+        raise ConvaeError(f"{name}: the array holds NaN or infinite values (first in sample {bad})")
+    return x
+
+
+def from_python(data: object, spatial_dims: int | None = None) -> Dataset:
+    """A dataset from a NumPy array, a tensor, or a ``torch.utils.data.Dataset`` of tensors or
+    (tensor, label) pairs (read whole into memory), by the rules of :func:`as_samples`."""
+    import torch.utils.data
+
+    labels = None
+    if isinstance(data, torch.utils.data.Dataset):
+        items = [data[i] for i in range(len(data))]  # a map-style Dataset
+        items = [item[0] if isinstance(item, (tuple, list)) and len(item) == 1 else item for item in items]
+        if not items:
+            raise ConvaeError("the dataset holds no samples")
+        pairs = all(isinstance(item, (tuple, list)) and len(item) == 2 for item in items)
+        xs = [item[0] if pairs else item for item in items]
+        data = np.stack([np.asarray(getattr(x, "numpy", lambda x=x: x)()) for x in xs])
+        if pairs:
+            labels = np.asarray([int(item[1]) for item in items], dtype=np.int64)
+    if hasattr(data, "detach"):
+        data = data.detach().cpu().numpy()
+    if not isinstance(data, np.ndarray):
+        raise ConvaeError(f"data must be a source name, an array, a tensor or a Dataset, not {type(data).__name__}")
+    return Dataset(PYTHON_SOURCE, as_samples(data, "the array", spatial_dims), labels)
+
+
 def _labels(raw: np.ndarray, path: Path) -> tuple[np.ndarray, list[str] | None]:
     """Integer labels as they are; string labels become indices into their sorted names."""
     if raw.ndim != 1:
@@ -231,7 +293,7 @@ def _labels(raw: np.ndarray, path: Path) -> tuple[np.ndarray, list[str] | None]:
     raise ConvaeError(f"{path}: labels must be integers or strings, not dtype {raw.dtype}")
 
 
-def load_npy(path: str) -> Dataset:
+def load_npy(path: str, spatial_dims: int | None = None) -> Dataset:
     p = Path(path)
     if not p.is_file():
         raise ConvaeError(f"{p}: no such file")
@@ -257,24 +319,7 @@ def load_npy(path: str) -> Dataset:
         if "allow_pickle" in reason:
             reason = "it holds Python objects, not numbers"
         raise ConvaeError(f"{p}: cannot read array file ({reason})") from None
-    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
-        raise ConvaeError(f"{p}: expected a numeric array, got dtype {x.dtype}")
-    if x.ndim == 3:
-        x = x[:, None]
-    elif x.ndim == 4:
-        # Channels-last when the last axis looks like channels and the second does not.
-        if x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
-            x = x.transpose(0, 3, 1, 2)
-    else:
-        raise ConvaeError(f"{p}: expected an array shaped (N, H, W), (N, C, H, W) or (N, H, W, C), got {x.shape}")
-    if len(x) == 0:
-        raise ConvaeError(f"{p}: the array holds no samples")
-    if 0 in x.shape:
-        raise ConvaeError(f"{p}: the array has an empty axis (shape {x.shape})")
-    x = _to_float(np.ascontiguousarray(x))
-    if not np.isfinite(x).all():
-        bad = int((~np.isfinite(x)).any(axis=tuple(range(1, x.ndim))).argmax())
-        raise ConvaeError(f"{p}: the array holds NaN or infinite values (first in sample {bad})")
+    x = as_samples(x, str(p), spatial_dims)
     if labels is not None and len(labels) != len(x):
         raise ConvaeError(f"{p}: {len(labels)} labels for {len(x)} samples")
     return Dataset(p.stem, x, labels, classes=classes)
@@ -383,6 +428,7 @@ def load_folder(path: str, channels: int | None = None, image_size: Sequence[int
 
 
 SOURCES = ("fashion-mnist", "mnist", "digits", "folder:PATH", "npy:PATH")
+PYTHON_SOURCE = "python"  # the data of a run trained by convae.fit on an array, a tensor or a Dataset
 
 
 def load(
@@ -391,9 +437,12 @@ def load(
     data_dir: str | None = None,
     channels: int | None = None,
     image_size: Sequence[int] | None = None,
+    spatial_dims: int | None = None,
     download: bool = True,
 ) -> Dataset:
     """Load a dataset by its ``--data`` name (see the module docstring)."""
+    if source == PYTHON_SOURCE:
+        raise ConvaeError("this run was trained on data passed from Python; give the data to use (--data)")
     if source in IDX_SOURCES:
         return load_idx_dataset(source, data_dir, download)
     if source == "digits":
@@ -402,7 +451,7 @@ def load(
     if sep and kind == "folder":
         return load_folder(path, channels, image_size)
     if sep and kind == "npy":
-        return load_npy(path)
+        return load_npy(path, spatial_dims)
     raise ConvaeError(f"unknown dataset '{source}' (known: {', '.join(SOURCES)})")
 
 

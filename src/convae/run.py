@@ -114,7 +114,9 @@ def as_run(run: str | Path | Run) -> Run:
 
 def load_dataset(source: str, cfg: TrainConfig) -> Dataset:
     """A dataset as the run saw it: same loading options, the same classes left out of training."""
-    dataset = datasets.load(source, data_dir=cfg.data_dir, channels=cfg.channels, image_size=cfg.image_size)
+    dataset = datasets.load(
+        source, data_dir=cfg.data_dir, channels=cfg.channels, image_size=cfg.image_size, spatial_dims=cfg.spatial_dims
+    )
     return datasets.drop_classes(dataset, cfg.exclude_classes) if source == cfg.data else dataset
 
 

@@ -1,6 +1,7 @@
 """TensorBoard summaries for a training run (event files via the tensorboard package's writer).
 
-Only image data (2 spatial dims) gets image grids and projector thumbnails;
+Images (2 spatial dims) get image grids and projector thumbnails, volumes (3)
+grids of their middle slices, signals (1) line plots of input and reconstruction;
 everything else is written for every kind of data.
 """
 
@@ -55,6 +56,24 @@ class Summaries:
             for tag, batch in grids.items():
                 if batch.dim() == 4:
                     self.writer.add_image(tag, make_grid(batch), step)
+
+    def signals(self, curves: dict[str, Tensor], step: int, count: int = 4) -> None:
+        """1-D samples (N, C, L): the first ``count`` as line plots (channel 0), one panel each."""
+        if not self.writer:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        n = min(count, len(next(iter(curves.values()))))
+        fig, axes = plt.subplots(n, 1, figsize=(6, 1.6 * n), sharex=True, squeeze=False)
+        for i, ax in enumerate(axes[:, 0]):
+            for label, batch in curves.items():
+                ax.plot(batch[i, 0].detach().float().cpu().numpy(), label=label, linewidth=1)
+        axes[0, 0].legend(fontsize=6, loc="upper right")
+        fig.tight_layout()
+        self.writer.add_figure("signals", fig, step)  # closes the figure
 
     def histograms(self, model: nn.Module, activations: dict[str, Tensor], step: int) -> None:
         if not self.writer:
@@ -134,10 +153,15 @@ class TrainingPictures:
         with eval_mode(t.model):
             out = t.model(noisy)
         norm = t.p.normalizer
-        grids = {"images/input": self.display(raw), "images/reconstruction": self.display(norm.inverse(out.float()))}
+        shown = {"input": raw, "reconstruction": norm.inverse(out.float())}
         if t.noise is not None:
-            grids["images/noisy_input"] = self.display(norm.inverse(noisy.float()))
-        t.summaries.image_grids(grids, t.state.step)
+            shown["noisy_input"] = norm.inverse(noisy.float())
+        if raw.dim() == 3:  # signals: a plot of the first few, input and reconstruction overlaid
+            t.summaries.signals(shown, t.state.step)
+            return
+        if raw.dim() == 5:  # volumes: their middle slice along the first spatial axis
+            shown = {k: v[:, :, v.shape[2] // 2] for k, v in shown.items()}
+        t.summaries.image_grids({f"images/{k}": self.display(v) for k, v in shown.items()}, t.state.step)
 
     def display(self, x: Tensor) -> Tensor:
         low, high = self.t.p.data_low, self.t.p.data_high

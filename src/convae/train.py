@@ -23,7 +23,7 @@ import torch
 
 from convae import checkpoint, distributed, presets, rundir, runtime
 from convae.config import USER_FIELDS, TrainConfig, arch_of, resolve_config
-from convae.data import Dataset, drop_classes, load, split_validation
+from convae.data import PYTHON_SOURCE, Dataset, drop_classes, from_python, load, split_validation
 from convae.errors import ConvaeError
 from convae.model import AutoEncoder, ModelConfig, build
 from convae.preprocess import Normalizer
@@ -43,9 +43,17 @@ class Prepared:
     data_high: float
 
 
-def prepare(config: TrainConfig, normalizer_state: dict | None = None) -> Prepared:
-    """Load data, split, fit preprocessing on the training split, build the model. Writes nothing."""
-    dataset = load(config.data, data_dir=config.data_dir, channels=config.channels, image_size=config.image_size)
+def prepare(config: TrainConfig, normalizer_state: dict | None = None, dataset: Dataset | None = None) -> Prepared:
+    """Load data (unless ``dataset`` is given), split, fit preprocessing on the training split, build
+    the model. Writes nothing."""
+    if dataset is None:
+        dataset = load(
+            config.data,
+            data_dir=config.data_dir,
+            channels=config.channels,
+            image_size=config.image_size,
+            spatial_dims=config.spatial_dims,
+        )
     dataset = drop_classes(dataset, config.exclude_classes)
     n = len(dataset.x_train)
     if n < 2:
@@ -151,6 +159,7 @@ def train(
     quiet: bool | None = None,
     on_step: Callable[[int], None] | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
+    dataset: Dataset | None = None,
 ) -> dict[str, Any]:
     """Train a run (or resume one); returns ``{"run_dir", "epochs", "metrics", "final"}``.
 
@@ -171,7 +180,7 @@ def train(
     config, run_dir, state = plan.config, plan.run_dir, plan.state
     if quiet is not None:
         config.quiet = quiet
-    prepared = prepare(config, normalizer_state=state["normalizer"] if state else None)
+    prepared = prepare(config, normalizer_state=state["normalizer"] if state else None, dataset=dataset)
     if state and ModelConfig(**state["model_config"]).to_dict() != prepared.model.config.to_dict():
         raise ConvaeError(f"{run_dir}: the checkpoint's model does not match its config")
     runtime.set_threads(config.threads)
@@ -215,20 +224,26 @@ def train(
     return {"run_dir": str(run_dir), "epochs": trainer.state.epoch, "metrics": trainer.state.metrics, "final": final}
 
 
-def fit(data: str | TrainConfig | None = None, *, on_epoch: Callable[[dict], None] | None = None, **settings: Any):
+def fit(data: Any = None, *, on_epoch: Callable[[dict], None] | None = None, **settings: Any):
     """Train an autoencoder and return the trained run (what :func:`convae.load` returns).
 
-    ``data`` is a ``--data`` source (``"digits"``, ``"npy:PATH"``, ...) or a whole
-    :class:`TrainConfig`; ``settings`` are the CLI's settings as keywords
+    ``data`` is a ``--data`` source (``"digits"``, ``"npy:PATH"``, ...), a NumPy array or a
+    tensor of samples (uint8 images are scaled to [0, 1]; ``spatial_dims=`` for signals and
+    volumes), a ``torch.utils.data.Dataset`` of tensors or (tensor, label) pairs (read into
+    memory), or a whole :class:`TrainConfig`; ``settings`` are the CLI's settings as keywords
     (``arch=``, ``epochs=``, ``out=``, ...), merged as the CLI merges them: the
     defaults, then the preset's recipe, then these. ``on_epoch`` receives each
     epoch's metrics (a dict) as it ends, for a logger or a stopping rule of your own.
     """
     from convae.run import load
 
+    dataset = None
     if isinstance(data, TrainConfig):
         config = dataclasses.replace(data, **settings) if settings else data
-    else:
+    elif data is None or isinstance(data, str):
         config = resolve_config({**({"data": data} if data is not None else {}), **settings})
-    result = train(config, on_epoch=on_epoch)
+    else:
+        config = resolve_config({**settings, "data": PYTHON_SOURCE})
+        dataset = from_python(data, config.spatial_dims)
+    result = train(config, on_epoch=on_epoch, dataset=dataset)
     return load(result["run_dir"])

@@ -207,7 +207,9 @@ def load_idx_dataset(name: str, data_dir: str | None = None, download: bool = Tr
 def _to_float(x: np.ndarray) -> np.ndarray:
     """uint8 -> float32 in [0, 1]; floats are kept (as float32)."""
     if x.dtype == np.uint8:
-        return x.astype(np.float32) / 255.0
+        out = x.astype(np.float32)
+        out /= 255.0  # in place: one float32 copy, not two
+        return out
     return x.astype(np.float32)
 
 
@@ -366,6 +368,16 @@ def _decode(path: Path, mode: str, image_size: Sequence[int] | None) -> np.ndarr
     return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
 
 
+def _decode_all(files: list[Path], mode: str, image_size: Sequence[int] | None) -> np.ndarray:
+    """Every file decoded into one preallocated uint8 array (no list of arrays beside it)."""
+    first = _decode(files[0], mode, image_size)
+    out = np.empty((len(files), *first.shape), np.uint8)
+    out[0] = first
+    for i, f in enumerate(files[1:], start=1):
+        out[i] = _decode(f, mode, image_size)
+    return out
+
+
 def _headers(files: list[Path]) -> list[tuple[str, tuple[int, int]]]:
     """(mode, size) of each file, from its header alone (no pixels decoded)."""
     from PIL import Image, UnidentifiedImageError
@@ -415,7 +427,7 @@ def load_folder(path: str, channels: int | None = None, image_size: Sequence[int
                 "pass --image-size H,W"
             )
     mode = "L" if channels == 1 else "RGB"
-    arrays = [np.stack([_decode(f, mode, image_size) for f in files]) for files in groups]
+    arrays = [_decode_all(files, mode, image_size) for files in groups]
     bases = split_roots if splits else [root]
     parents = [[f.parent.relative_to(base).parts for f in files] for base, files in zip(bases, groups)]
     labels = classes = None

@@ -60,12 +60,15 @@ class Normalizer:
         """The decoder output that matches this scale: sigmoid for [0, 1], identity otherwise."""
         return "sigmoid" if self.mode == "unit" else "identity"
 
-    def fit(self, x: np.ndarray) -> Normalizer:
-        x64 = x.astype(np.float64)
-        if self.mode == "unit":
-            lo, hi = float(x64.min()), float(x64.max())
-            self.state = {"low": torch.tensor(lo), "high": torch.tensor(hi if hi > lo else lo + 1.0)}
-        elif self.mode == "standardize":
+    def fit(self, x: np.ndarray, rows: np.ndarray | None = None) -> Normalizer:
+        """Fit on ``x`` (its ``rows`` only, when given: the training split)."""
+        if self.mode in ("unit", "none"):  # a range: no copy of the data, however large
+            lo, hi = value_range(x, rows)
+            if self.mode == "unit":
+                self.state = {"low": torch.tensor(lo), "high": torch.tensor(hi if hi > lo else lo + 1.0)}
+            return self
+        x64 = (x if rows is None else x[rows]).astype(np.float64)
+        if self.mode == "standardize":
             axes = (0, *range(2, x.ndim))
             mean, std = x64.mean(axis=axes), x64.std(axis=axes)
             shape = (1, -1) + (1,) * (x.ndim - 2)
@@ -125,6 +128,15 @@ class Normalizer:
     @classmethod
     def from_dict(cls, data: dict) -> Normalizer:
         return cls(mode=data["mode"], epsilon=float(data["epsilon"]), state=dict(data["state"]))
+
+
+def value_range(x: np.ndarray, rows: np.ndarray | None = None, chunk_bytes: int = 2**26) -> tuple[float, float]:
+    """(min, max) of ``x`` (or of its ``rows``), 64 MB of rows at a time: no copy of the whole."""
+    rows = np.arange(len(x)) if rows is None else rows
+    step = max(1, chunk_bytes // max(x[:1].nbytes, 1))
+    parts = (x[rows[i : i + step]] for i in range(0, len(rows), step))
+    lows, highs = zip(*((float(part.min()), float(part.max())) for part in parts))
+    return min(lows), max(highs)
 
 
 NOISE_KINDS = ("gaussian", "masking", "saltpepper")

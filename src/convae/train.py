@@ -26,7 +26,7 @@ from convae.config import USER_FIELDS, TrainConfig, arch_of, resolve_config
 from convae.data import PYTHON_SOURCE, Dataset, drop_classes, from_python, load, split_validation
 from convae.errors import ConvaeError
 from convae.model import AutoEncoder, ModelConfig, build
-from convae.preprocess import Normalizer
+from convae.preprocess import Normalizer, value_range
 from convae.trainer import Trainer
 
 
@@ -59,15 +59,15 @@ def prepare(config: TrainConfig, normalizer_state: dict | None = None, dataset: 
     if n < 2:
         raise ConvaeError(f"dataset '{config.data}' has {n} sample(s); at least 2 are needed to train")
     train_idx, val_idx = split_validation(n, config.val_fraction, config.seed)
-    x_fit = dataset.x_train[train_idx]
     if normalizer_state is not None:
         normalizer = Normalizer.from_dict(normalizer_state)
     else:
-        normalizer = Normalizer(config.normalize, config.zca_epsilon).fit(x_fit)
+        normalizer = Normalizer(config.normalize, config.zca_epsilon).fit(dataset.x_train, train_idx)
     output = config.output or normalizer.output_activation
     torch.manual_seed(config.seed)  # the initial weights
     model = build(arch_of(config), dataset.sample_shape, output=output, tied=config.tied, upsample=config.upsample)
-    return Prepared(dataset, train_idx, val_idx, normalizer, model, float(x_fit.min()), float(x_fit.max()))
+    low, high = value_range(dataset.x_train, train_idx)
+    return Prepared(dataset, train_idx, val_idx, normalizer, model, low, high)
 
 
 def _default_out(config: TrainConfig) -> Path:

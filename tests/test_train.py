@@ -128,30 +128,38 @@ def test_contrastive_term_needs_2d_images_and_sane_settings(tmp_path):
             resolve_config(bad)
 
 
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(npz, tmp_path):
-    config = _config(npz, tmp_path)
+def _nan_weight(model):
+    model.encoder[0].down.conv.weight.fill_(float("nan"))  # the next loss is NaN
+
+
+def _inf_running_var(model):
+    model.encoder[0].post[0].running_var.fill_(float("inf"))  # the loss stays finite, the statistics do not
+
+
+@pytest.mark.parametrize(
+    "poison, message",
+    [
+        (_nan_weight, r"loss became non-finite at step 8 \(epoch 2\).*last good checkpoint"),
+        (_inf_running_var, r"weights became non-finite in epoch 2 \(encoder.0.post.0.running_var\).*last good"),
+    ],
+)
+def test_non_finite_loss_or_weights_stop_and_keep_the_last_good_checkpoint(npz, tmp_path, monkeypatch, poison, message):
     holder = {}
-
-    def poison(step):
-        if step == 7:  # epoch 2 (5 steps per epoch): a weight turns NaN, the next loss is NaN
-            with torch.no_grad():
-                holder["model"].encoder[0].down.conv.weight.fill_(float("nan"))
-
-    import convae.trainer as train_module
-
-    original = train_module.Trainer.__init__
+    original = Trainer.__init__
 
     def spy(self, *args, **kwargs):
         original(self, *args, **kwargs)
         holder["model"] = self.model
 
-    train_module.Trainer.__init__ = spy
-    try:
-        with pytest.raises(ConvaeError, match=r"non-finite at step 8 \(epoch 2\).*last good checkpoint"):
-            train(config, on_step=poison)
-    finally:
-        train_module.Trainer.__init__ = original
-    last = checkpoint.load(tmp_path / "run" / "last.pt")
+    def hook(step):
+        if step == 7:  # epoch 2 (5 steps per epoch)
+            with torch.no_grad():
+                poison(holder["model"])
+
+    monkeypatch.setattr(Trainer, "__init__", spy)
+    with pytest.raises(ConvaeError, match=message):
+        train(_config(npz, tmp_path), on_step=hook)
+    last = checkpoint.load(tmp_path / "run" / "last.pt")  # never a non-finite checkpoint on disk
     assert last["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
 

@@ -40,7 +40,7 @@ from common import add_set_flag, parse_set
 
 import convae
 from convae.config import resolve_config
-from convae.data import load
+from convae.data import floats, load
 from convae.errors import ConvaeError
 from convae.runtime import pick_device
 from convae.train import train
@@ -57,7 +57,7 @@ ARCHS = {
 
 def fashion_or_random(n: int) -> tuple[np.ndarray, str]:
     try:
-        x = load("fashion-mnist", download=False).x_train[:n]
+        x = floats(load("fashion-mnist", download=False).x_train[:n])
         return x, "fashion-mnist"
     except ConvaeError:
         rng = np.random.default_rng(0)

@@ -78,7 +78,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import convae
 from convae import checkpoint, presets
 from convae.config import LOSSES
-from convae.data import load, split_validation
+from convae.data import floats, load, split_validation
 from convae.errors import ConvaeError
 from convae.evaluate import linear_probe
 from convae.objectives import LOSS_FUNCTIONS, nt_xent, projection_head
@@ -283,9 +283,9 @@ def main() -> None:
         parser.error("--objective rotation turns square 2-D images")
     if dataset.y_train is None:
         parser.error(f"{args.data} has no labels: the probe needs them")
-    x, y = torch.as_tensor(dataset.x_train[: args.samples]), dataset.y_train[: args.samples]
+    x, y = torch.as_tensor(floats(dataset.x_train[: args.samples])), dataset.y_train[: args.samples]
     if dataset.x_test is not None:
-        x_test, y_test = torch.as_tensor(dataset.x_test), dataset.y_test
+        x_test, y_test = torch.as_tensor(floats(dataset.x_test)), dataset.y_test
     else:  # digits: a held-out fifth stands in for a test split, as for a validation split
         fit, held_out = split_validation(len(x), 0.2, seed=0)
         x, x_test, y, y_test = x[fit], x[held_out], y[fit], y[held_out]

@@ -41,7 +41,7 @@ def test_lookup_order(tmp_path, monkeypatch):
 
     def first_pixel(**kwargs):
         ds = data.load("mnist", download=False, **kwargs)
-        return round(float(ds.x_train[0, 0, 0, 0]) * 255)
+        return int(ds.x_train[0, 0, 0, 0])
 
     assert first_pixel(data_dir=str(given)) == 1
     assert first_pixel() == 2
@@ -49,7 +49,8 @@ def test_lookup_order(tmp_path, monkeypatch):
     assert first_pixel() == 3
     ds = data.load("mnist", download=False)
     assert ds.x_train.shape == (20, 1, 8, 8) and ds.x_test.shape == (10, 1, 8, 8)
-    assert ds.y_train.dtype == np.int64 and ds.x_train.max() <= 1.0
+    assert ds.y_train.dtype == np.int64 and ds.x_train.dtype == np.uint8  # bytes until used
+    assert data.floats(ds.x_train).dtype == np.float32 and data.floats(ds.x_train).max() <= 1.0
 
 
 def test_missing_dataset_says_where_it_looked(tmp_path, monkeypatch):
@@ -130,7 +131,7 @@ def test_npy_layouts(tmp_path, shape, expected):
     path = tmp_path / "a.npy"
     np.save(path, np.full(shape, 255, dtype=np.uint8))
     ds = data.load(f"npy:{path}")
-    assert ds.x_train.shape == expected and ds.x_train.max() == pytest.approx(1.0)
+    assert ds.x_train.shape == expected and data.floats(ds.x_train).max() == pytest.approx(1.0)
 
 
 def test_npy_floats_kept_and_npz_labels(tmp_path):
@@ -192,7 +193,7 @@ def test_16_bit_grey_tiffs_are_scaled_to_8_bits_not_clipped(tmp_path):
     Image.fromarray(np.full((4, 4), 65535, np.uint16)).save(folder / "white.tif")
     Image.fromarray(np.full((4, 4), 32896, np.uint16)).save(folder / "grey.tif")
     ds = data.load(f"folder:{folder}")
-    assert sorted(ds.x_train.reshape(2, -1).max(1).tolist()) == pytest.approx([128 / 255, 1.0])
+    assert sorted(data.floats(ds.x_train).reshape(2, -1).max(1).tolist()) == pytest.approx([128 / 255, 1.0])
 
 
 def test_spatial_dims_reads_signals_and_volumes_and_refuses_other_shapes(tmp_path):
@@ -214,7 +215,7 @@ def test_python_data_arrays_tensors_and_datasets(tmp_path):
 
     images = np.random.default_rng(0).integers(0, 256, (6, 8, 8), dtype=np.uint8)
     from_array = data.from_python(images)
-    assert from_array.x_train.shape == (6, 1, 8, 8) and from_array.x_train.max() <= 1.0
+    assert from_array.x_train.shape == (6, 1, 8, 8) and from_array.x_train.dtype == np.uint8
     assert np.array_equal(data.from_python(torch.as_tensor(images)).x_train, from_array.x_train)
 
     class Pairs(torch.utils.data.Dataset):

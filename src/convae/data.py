@@ -37,7 +37,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 @dataclass
 class Dataset:
-    """Arrays in the data's original scale (images in [0, 1]); labels may be None."""
+    """Samples (N, C, *spatial) and labels (may be None). uint8 images stay uint8 here, 4x smaller
+    than float32; :func:`floats` gives them in the data's scale ([0, 1]), as every consumer sees them."""
 
     name: str
     x_train: np.ndarray
@@ -193,15 +194,20 @@ def load_idx_dataset(name: str, data_dir: str | None = None, download: bool = Tr
             )
     return Dataset(
         name=name,
-        x_train=_to_float(arrays["x_train"][:, None]),
+        x_train=np.ascontiguousarray(arrays["x_train"][:, None]),
         y_train=arrays["y_train"].astype(np.int64),
-        x_test=_to_float(arrays["x_test"][:, None]),
+        x_test=np.ascontiguousarray(arrays["x_test"][:, None]),
         y_test=arrays["y_test"].astype(np.int64),
         classes=list(IDX_SOURCES[name]["classes"]),
     )
 
 
 # ----------------------------------------------------------------------------- other sources
+
+
+def floats(x: np.ndarray) -> np.ndarray:
+    """Samples in the data's scale as float32: uint8 images (how loaders keep them) in [0, 1]."""
+    return _to_float(x)
 
 
 def _to_float(x: np.ndarray) -> np.ndarray:
@@ -253,6 +259,8 @@ def as_samples(x: np.ndarray, name: str, spatial_dims: int | None = None) -> np.
         raise ConvaeError(f"{name}: the array holds no samples")
     if 0 in x.shape:
         raise ConvaeError(f"{name}: the array has an empty axis (shape {x.shape})")
+    if x.dtype == np.uint8:  # kept as bytes: converted where it is used (4x less memory than float32)
+        return np.ascontiguousarray(x)
     x = _to_float(np.ascontiguousarray(x))
     if not np.isfinite(x).all():
         bad = int((~np.isfinite(x)).any(axis=tuple(range(1, x.ndim))).argmax())
@@ -434,9 +442,9 @@ def load_folder(path: str, channels: int | None = None, image_size: Sequence[int
     if all(len(p) >= 1 for group in parents for p in group):
         classes = sorted({p[0] for group in parents for p in group})
         labels = [np.array([classes.index(p[0]) for p in group], dtype=np.int64) for group in parents]
-    x_test = _to_float(arrays[1]) if splits else None
+    x_test = arrays[1] if splits else None
     y_test = labels[1] if splits and labels else None
-    return Dataset(root.name, _to_float(arrays[0]), labels[0] if labels else None, x_test, y_test, classes=classes)
+    return Dataset(root.name, arrays[0], labels[0] if labels else None, x_test, y_test, classes=classes)
 
 
 SOURCES = ("fashion-mnist", "mnist", "digits", "folder:PATH", "npy:PATH")

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from convae.data import Dataset, split_validation
+from convae.data import Dataset, floats, split_validation
 from convae.errors import ConvaeError
 from convae.metrics import per_sample_mse, per_sample_ssim, psnr
 from convae.preprocess import Noise
@@ -35,14 +35,16 @@ def eval_splits(
     cfg = run.config
     dataset = load_dataset(data or cfg.data, cfg)
     train_idx, val_idx = split_validation(len(dataset.x_train), cfg.val_fraction, cfg.seed)
-    y = dataset.y_train
+    x, y = dataset.x_train, dataset.y_train
     if dataset.x_test is not None:
-        return dataset, dataset.x_train[train_idx], dataset.x_test, take(y, train_idx), dataset.y_test
-    if data is not None and data != cfg.data:
-        return dataset, dataset.x_train, dataset.x_train, y, y
-    if len(val_idx) == 0:
+        fit, evaluated, y_fit, y_eval = x[train_idx], dataset.x_test, take(y, train_idx), dataset.y_test
+    elif data is not None and data != cfg.data:
+        fit, evaluated, y_fit, y_eval = x, x, y, y
+    elif len(val_idx) == 0:
         raise ConvaeError(f"{cfg.data} has no test split and the run kept no validation split")
-    return dataset, dataset.x_train[train_idx], dataset.x_train[val_idx], take(y, train_idx), take(y, val_idx)
+    else:
+        fit, evaluated, y_fit, y_eval = x[train_idx], x[val_idx], take(y, train_idx), take(y, val_idx)
+    return dataset, floats(fit), floats(evaluated), y_fit, y_eval
 
 
 def fit_subset(x: np.ndarray, y: np.ndarray | None, max_fit: int) -> tuple[np.ndarray, np.ndarray | None]:

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from convae.config import NORMALIZE
+from convae.data import floats
 from convae.errors import ConvaeError
 
 ZCA_MAX_FEATURES = 8192
@@ -67,7 +68,7 @@ class Normalizer:
             if self.mode == "unit":
                 self.state = {"low": torch.tensor(lo), "high": torch.tensor(hi if hi > lo else lo + 1.0)}
             return self
-        x64 = (x if rows is None else x[rows]).astype(np.float64)
+        x64 = floats(x if rows is None else x[rows]).astype(np.float64)
         if self.mode == "standardize":
             axes = (0, *range(2, x.ndim))
             mean, std = x64.mean(axis=axes), x64.std(axis=axes)
@@ -135,8 +136,11 @@ def value_range(x: np.ndarray, rows: np.ndarray | None = None, chunk_bytes: int 
     rows = np.arange(len(x)) if rows is None else rows
     step = max(1, chunk_bytes // max(x[:1].nbytes, 1))
     parts = (x[rows[i : i + step]] for i in range(0, len(rows), step))
-    lows, highs = zip(*((float(part.min()), float(part.max())) for part in parts))
-    return min(lows), max(highs)
+    lows, highs = zip(*((part.min(), part.max()) for part in parts))
+    low, high = min(lows), max(highs)
+    if x.dtype == np.uint8:  # as floats() scales them, to the bit
+        return float(floats(np.array([low]))[0]), float(floats(np.array([high]))[0])
+    return float(low), float(high)
 
 
 NOISE_KINDS = ("gaussian", "masking", "saltpepper")

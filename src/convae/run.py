@@ -140,7 +140,7 @@ def dataset_split(
     own = data is None or data == cfg.data
     dataset = dataset or load_dataset(data or cfg.data, cfg)
     if split == "test" and dataset.x_test is not None:
-        return dataset.x_test, dataset.y_test, dataset
+        return datasets.floats(dataset.x_test), dataset.y_test, dataset
     if split in ("val", "train") or (split == "test" and own):
         if not own:
             raise ConvaeError(f"the {split} split is the run's own; {data} has no such split")
@@ -151,8 +151,8 @@ def dataset_split(
                 f"{cfg.data} has no test split and the run kept no validation split (val_fraction 0): "
                 "every sample was trained on; give --data with held-out samples"
             )
-        return dataset.x_train[idx], take(dataset.y_train, idx), dataset
-    return dataset.x_train, dataset.y_train, dataset
+        return datasets.floats(dataset.x_train[idx]), take(dataset.y_train, idx), dataset
+    return datasets.floats(dataset.x_train), dataset.y_train, dataset
 
 
 def encode_dataset(

@@ -209,8 +209,14 @@ class Trainer:
         return noisy, clean
 
     def _rows(self, idx: Tensor) -> Tensor:
-        """Samples by index, on the training device."""
-        return self.x[idx].to(self.device, non_blocking=True)
+        """Samples by index, on the training device, in the data's scale."""
+        return self._on_device(self.x[idx])
+
+    def _on_device(self, raw: Tensor) -> Tensor:
+        # uint8 images travel and stay as bytes (4x less than float32), scaled where they are used,
+        # as data.floats scales them.
+        raw = raw.to(self.device, non_blocking=True)
+        return raw.float().div_(255.0) if raw.dtype == torch.uint8 else raw
 
     def _shard(self, batch: Tensor) -> Tensor:
         """This process's slice of a global batch (all of it in a single process)."""
@@ -388,8 +394,10 @@ class Trainer:
         # The same corruption every time, so validation losses compare across epochs.
         generator = torch.Generator(device=self.device).manual_seed(0)
         with context:
-            for batch in raw.split(1024):
-                batch = batch.to(self.device, non_blocking=True)
+            # 1024 samples a batch, fewer for large ones (64x64 RGB: 341), so validation's activations
+            # stay within what a training step needs.
+            for batch in raw.split(max(64, min(1024, 2**22 // max(1, raw[0].numel())))):
+                batch = self._on_device(batch)
                 noisy, clean = self._prepare_batch(batch, generator)
                 out = self.model(noisy).float()
                 total_loss += self.objective.loss_fn(out, clean) * len(batch)

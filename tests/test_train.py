@@ -385,7 +385,8 @@ def test_batch_norm_lag_warns_only_when_eval_mode_is_the_worse():
 
 def test_resume_with_more_epochs_trains_a_finished_run_on_with_a_new_schedule(npz, tmp_path, capsys):
     train(_config(npz, tmp_path, "a", epochs=2))
-    with pytest.raises(ConvaeError, match="already finished its 2 epochs; pass --epochs N"):
+    finished = r"already finished its 2 epochs \(12 steps\); pass --epochs N or --max-steps N"
+    with pytest.raises(ConvaeError, match=finished):
         train(resume=tmp_path / "a")
     with pytest.raises(ConvaeError, match="has trained 2 epochs already; --epochs must be more"):
         train(resume=tmp_path / "a", epochs=1)

@@ -105,6 +105,13 @@ def _check_state(plan: _Plan) -> str:
     return kind
 
 
+def _finished(run_dir: Path, state: dict[str, Any]) -> ConvaeError:
+    return ConvaeError(
+        f"{run_dir} already finished its {state['epoch']} epochs ({state['step']} steps); "
+        "pass --epochs N or --max-steps N (more) to train it on"
+    )
+
+
 def _plan_resume(run_dir: Path, epochs: int | None, max_steps: int | None = None) -> _Plan:
     kind = rundir.state_of(run_dir)
     if kind == "absent":
@@ -126,9 +133,7 @@ def _plan_resume(run_dir: Path, epochs: int | None, max_steps: int | None = None
         if kind == "started":
             print(f"{run_dir}: its epochs are done, its final evaluation is not; finishing it", file=sys.stderr)
             return _Plan(config, run_dir, state, finish_only=True, accepts=accepts)
-        raise ConvaeError(
-            f"{run_dir} already finished its {config.epochs} epochs; pass --epochs N (more) to train it on"
-        )
+        raise _finished(run_dir, state)
     if epochs is not None and epochs <= done:
         raise ConvaeError(f"{run_dir} has trained {done} epochs already; --epochs must be more than that")
     if max_steps is not None and max_steps <= state["step"]:
@@ -137,7 +142,7 @@ def _plan_resume(run_dir: Path, epochs: int | None, max_steps: int | None = None
     # over the steps that remain, so a one-cycle or cosine run does not go on at its final, tiny rate.
     epochs = epochs or config.epochs  # a run ends at its epochs or its max_steps, whichever comes first
     if epochs <= done:
-        raise ConvaeError(f"{run_dir} already finished its {epochs} epochs; pass --epochs N (more) to go on")
+        raise _finished(run_dir, state)
     config = dataclasses.replace(
         config, epochs=epochs, max_steps=max_steps or config.max_steps, schedule_start=state["step"]
     )

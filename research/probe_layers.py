@@ -1,8 +1,8 @@
 """Where does a trained encoder lose linear separability? A linear probe at every layer.
 
-    python benchmarks/probe_layers.py runs/fmnist-32-res-20261128-111648
-    python benchmarks/probe_layers.py runs/fmnist-32-res-20261128-111648 --layers 8 --max-fit 60000
-    python benchmarks/probe_layers.py runs/fmnist-32-res-20261128-111648 --layers 7 --pca 32
+    python research/probe_layers.py runs/fmnist-32-res-20261128-111648
+    python research/probe_layers.py runs/fmnist-32-res-20261128-111648 --layers 8 --max-fit 60000
+    python research/probe_layers.py runs/fmnist-32-res-20261128-111648 --layers 7 --pca 32
 
 Fits the same probe as ``convae evaluate`` (`convae.evaluate.linear_probe`: a
 logistic regression on standardised features, fitted on a random

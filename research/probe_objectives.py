@@ -1,12 +1,12 @@
 """Does a second objective on the codes raise the linear probe? An ablation for issue 7's probe target.
 
-    python benchmarks/probe_objectives.py                                      # plain MSE, one view
-    python benchmarks/probe_objectives.py --objective invariance --weight 0.01 --augment flip+shift:3
-    python benchmarks/probe_objectives.py --objective contrastive --weight 0.1 --head 64 --augment flip+shift:3
-    python benchmarks/probe_objectives.py --objective acai --weight 0.5
-    python benchmarks/probe_objectives.py --augment shift:1 --target clean      # the shift as noise
-    python benchmarks/probe_objectives.py --mask 0.5                            # masked patches as noise
-    python benchmarks/probe_objectives.py --objective idec --weight 0.1 --clusters 10
+    python research/probe_objectives.py                                      # plain MSE, one view
+    python research/probe_objectives.py --objective invariance --weight 0.01 --augment flip+shift:3
+    python research/probe_objectives.py --objective contrastive --weight 0.1 --head 64 --augment flip+shift:3
+    python research/probe_objectives.py --objective acai --weight 0.5
+    python research/probe_objectives.py --augment shift:1 --target clean      # the shift as noise
+    python research/probe_objectives.py --mask 0.5                            # masked patches as noise
+    python research/probe_objectives.py --objective idec --weight 0.1 --clusters 10
 
 Trains the default preset's layers (``fmnist-32``) with AdamW (weight decay
 0.01) and a one-cycle schedule, bf16 autocast, batch 128, and adds to the

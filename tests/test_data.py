@@ -231,3 +231,25 @@ def test_python_data_arrays_tensors_and_datasets(tmp_path):
     assert np.array_equal(single.x_train, from_array.x_train) and single.y_train is None
     with pytest.raises(ConvaeError, match="not dict"):
         data.from_python({"x": 1})
+
+
+def test_a_uint8_npy_is_memory_mapped_and_trains_as_the_same_array_in_memory(tmp_path):
+    from helpers import blobs
+
+    from convae.config import resolve_config
+    from convae.train import train
+
+    x = blobs(64)
+    np.save(tmp_path / "x.npy", x)
+    np.savez(tmp_path / "x.npz", x=x)  # .npz: read into memory
+    mapped = data.load(f"npy:{tmp_path / 'x.npy'}").x_train
+    base = mapped
+    while base.base is not None and not isinstance(base, np.memmap):
+        base = base.base
+    assert isinstance(base, np.memmap) and not mapped.flags.writeable  # on disk, not copied
+    finals = []
+    for name in ("x.npy", "x.npz"):
+        settings = dict(data=f"npy:{tmp_path / name}", arch="conv(4,3,stride=2) relu dense(4)", epochs=2)
+        out = str(tmp_path / f"run-{name}")
+        finals.append(train(resolve_config({**settings, "batch_size": 16, "out": out, "quiet": True}))["final"])
+    assert finals[0] == finals[1]

@@ -206,12 +206,7 @@ def load_idx_dataset(name: str, data_dir: str | None = None, download: bool = Tr
 
 
 def floats(x: np.ndarray) -> np.ndarray:
-    """Samples in the data's scale as float32: uint8 images (how loaders keep them) in [0, 1]."""
-    return _to_float(x)
-
-
-def _to_float(x: np.ndarray) -> np.ndarray:
-    """uint8 -> float32 in [0, 1]; floats are kept (as float32)."""
+    """Samples in the data's scale as float32: uint8 images (as loaders keep them) in [0, 1]; others as they are."""
     if x.dtype == np.uint8:
         out = x.astype(np.float32)
         out /= 255.0  # in place: one float32 copy, not two
@@ -261,7 +256,7 @@ def as_samples(x: np.ndarray, name: str, spatial_dims: int | None = None) -> np.
         raise ConvaeError(f"{name}: the array has an empty axis (shape {x.shape})")
     if x.dtype == np.uint8:  # kept as bytes: converted where it is used (4x less memory than float32)
         return np.ascontiguousarray(x)
-    x = _to_float(np.ascontiguousarray(x))
+    x = floats(np.ascontiguousarray(x))
     if not np.isfinite(x).all():
         bad = int((~np.isfinite(x)).any(axis=tuple(range(1, x.ndim))).argmax())
         raise ConvaeError(f"{name}: the array holds NaN or infinite values (first in sample {bad})")
@@ -309,7 +304,8 @@ def load_npy(path: str, spatial_dims: int | None = None) -> Dataset:
         raise ConvaeError(f"{p}: no such file")
     labels = classes = None
     try:
-        loaded = np.load(p, allow_pickle=False)
+        # .npy is memory-mapped: uint8 samples are read from disk batch by batch, so they may exceed memory.
+        loaded = np.load(p, allow_pickle=False, mmap_mode="r" if p.suffix == ".npy" else None)
         if isinstance(loaded, np.lib.npyio.NpzFile):
             with loaded:
                 keys = list(loaded.keys())

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,8 +114,11 @@ class Trainer:
         # The whole training set lives on the device as float32 when it fits comfortably;
         # else in pinned host memory. Batches are gathered by index either way.
         self.data_device = device if runtime.fits_on_device(sample.nbytes, device) else torch.device("cpu")
-        self.x = torch.as_tensor(sample).to(self.data_device)
-        if self.data_device != device and device.type == "cuda":
+        with warnings.catch_warnings():  # a memory-mapped array is read-only, and training never writes it
+            warnings.simplefilter("ignore", UserWarning)
+            self.x = torch.as_tensor(sample).to(self.data_device)
+        mapped = not sample.flags.writeable  # pinning would read the whole file into memory
+        if self.data_device != device and device.type == "cuda" and not mapped:
             self.x = self.x.pin_memory()
         self.train_idx = torch.as_tensor(prepared.train_idx, device=self.data_device)
         self.val_idx = torch.as_tensor(prepared.val_idx, device=self.data_device)

@@ -31,8 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from convae.errors import ConvaeError
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+from convae.images import read_folder
 
 
 @dataclass
@@ -331,116 +330,9 @@ def load_npy(path: str, spatial_dims: int | None = None) -> Dataset:
     return Dataset(p.stem, x, labels, classes=classes)
 
 
-def too_large(path: Path | str) -> str:
-    from PIL import Image
-
-    return f"{path}: the image claims more pixels than Pillow's safety limit ({Image.MAX_IMAGE_PIXELS:,}); not read"
-
-
-def _resize_crop(image, size: tuple[int, int]):
-    """Resize so the image covers ``size`` (H, W), then crop the centre."""
-    from PIL import Image
-
-    h, w = size
-    scale = max(h / image.height, w / image.width)
-    new = (max(w, round(image.width * scale)), max(h, round(image.height * scale)))
-    image = image.resize(new, Image.Resampling.BILINEAR)
-    left, top = (image.width - w) // 2, (image.height - h) // 2
-    return image.crop((left, top, left + w, top + h))
-
-
-_GREY_MODES = ("L", "1", "I", "I;16", "I;16B", "I;16L", "F")
-
-
-def _decode(path: Path, mode: str, image_size: Sequence[int] | None) -> np.ndarray:
-    """One image file as (C, H, W) uint8, converted and resized at once, so that no decoded
-    original outlives its own turn (memory stays that of the resized images)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            if img.mode.startswith("I") and mode == "L":  # 16-bit grey: scaled to 8 bits, not clipped
-                img = Image.fromarray((np.asarray(img, dtype=np.float64) / 257.0).round().clip(0, 255).astype(np.uint8))
-            img = img.convert(mode)
-            if image_size is not None:
-                img = _resize_crop(img, (int(image_size[0]), int(image_size[-1])))
-            a = np.asarray(img, dtype=np.uint8)
-    except Image.DecompressionBombError:
-        raise ConvaeError(too_large(path)) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise ConvaeError(f"{path}: cannot read image ({err})") from None
-    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
-
-
-def _decode_all(files: list[Path], mode: str, image_size: Sequence[int] | None) -> np.ndarray:
-    """Every file decoded into one preallocated uint8 array (no list of arrays beside it)."""
-    first = _decode(files[0], mode, image_size)
-    out = np.empty((len(files), *first.shape), np.uint8)
-    out[0] = first
-    for i, f in enumerate(files[1:], start=1):
-        out[i] = _decode(f, mode, image_size)
-    return out
-
-
-def _headers(files: list[Path]) -> list[tuple[str, tuple[int, int]]]:
-    """(mode, size) of each file, from its header alone (no pixels decoded)."""
-    from PIL import Image, UnidentifiedImageError
-
-    out = []
-    for f in files:
-        try:
-            with Image.open(f) as img:
-                out.append((img.mode, img.size))
-        except Image.DecompressionBombError:
-            raise ConvaeError(too_large(f)) from None
-        except (UnidentifiedImageError, OSError, SyntaxError) as err:
-            raise ConvaeError(f"{f}: cannot read image ({err})") from None
-    return out
-
-
-def _image_files(root: Path) -> list[Path]:
-    return sorted(f for f in root.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-
-
 def load_folder(path: str, channels: int | None = None, image_size: Sequence[int] | None = None) -> Dataset:
-    """Images found recursively below ``path``; subfolder names are the labels when every image sits
-    in one. With ``train/`` and ``test/`` subfolders, those are the splits (labels below each)."""
-    root = Path(path)
-    if not root.is_dir():
-        raise ConvaeError(f"{root}: no such folder")
-    split_roots = [root / "train", root / "test"]
-    splits = all(d.is_dir() and _image_files(d) for d in split_roots)
-    groups = [_image_files(d) for d in split_roots] if splits else [_image_files(root)]
-    if not groups[0]:
-        raise ConvaeError(f"{root}: no PNG, JPEG, BMP or TIFF images found")
-    headers = [_headers(files) for files in groups]
-    every = [h for group in headers for h in group]
-    if channels is None:
-        channels = 1 if all(m in _GREY_MODES for m, _ in every) else 3
-    if channels not in (1, 3):
-        raise ConvaeError(f"channels must be 1 or 3, not {channels}")
-    if image_size is None:
-        sizes = sorted({size for _, size in every})
-        if len(sizes) > 1:
-            names = [f for files in groups for f in files]
-            first = next(f for f, (_, size) in zip(names, every) if size == sizes[0])
-            other = next(f for f, (_, size) in zip(names, every) if size == sizes[1])
-            (a, b) = sizes[:2]
-            raise ConvaeError(
-                f"{root}: images of different sizes ({first.name} is {a[0]}x{a[1]}, {other.name} is {b[0]}x{b[1]}); "
-                "pass --image-size H,W"
-            )
-    mode = "L" if channels == 1 else "RGB"
-    arrays = [_decode_all(files, mode, image_size) for files in groups]
-    bases = split_roots if splits else [root]
-    parents = [[f.parent.relative_to(base).parts for f in files] for base, files in zip(bases, groups)]
-    labels = classes = None
-    if all(len(p) >= 1 for group in parents for p in group):
-        classes = sorted({p[0] for group in parents for p in group})
-        labels = [np.array([classes.index(p[0]) for p in group], dtype=np.int64) for group in parents]
-    x_test = arrays[1] if splits else None
-    y_test = labels[1] if splits and labels else None
-    return Dataset(root.name, arrays[0], labels[0] if labels else None, x_test, y_test, classes=classes)
+    f = read_folder(path, channels, image_size)
+    return Dataset(f.name, f.x_train, f.y_train, f.x_test, f.y_test, classes=f.classes)
 
 
 SOURCES = ("fashion-mnist", "mnist", "digits", "folder:PATH", "npy:PATH")

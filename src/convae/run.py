@@ -23,6 +23,7 @@ from convae import data as datasets
 from convae.config import TrainConfig
 from convae.data import Dataset, split_validation
 from convae.errors import ConvaeError
+from convae.images import too_large
 from convae.model import AutoEncoder, from_config
 from convae.preprocess import Normalizer
 from convae.runtime import pick_device
@@ -184,7 +185,7 @@ def read_images(run: Run, paths: list[str]) -> list[np.ndarray]:
                     raise ConvaeError(f"{path}: has {mode_channels} channel(s), the model takes {channels}")
                 a = np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
         except Image.DecompressionBombError:
-            raise ConvaeError(datasets.too_large(path)) from None
+            raise ConvaeError(too_large(path)) from None
         except (FileNotFoundError, UnidentifiedImageError, OSError) as err:
             raise ConvaeError(f"{path}: cannot read image ({err})") from None
         a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)

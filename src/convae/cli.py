@@ -94,13 +94,6 @@ def _settings(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
     return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
 
 
-def _apply_threads(args: argparse.Namespace) -> None:
-    if getattr(args, "threads", None):
-        import torch
-
-        torch.set_num_threads(args.threads)
-
-
 # ----------------------------------------------------------------------------- commands
 
 
@@ -282,11 +275,8 @@ def _cmd_presets(args: argparse.Namespace) -> int:
 
 
 def _shape(text: str) -> tuple[int, ...]:
-    try:
-        shape = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
-    except ValueError:
-        shape = ()
-    if not shape or min(shape) < 1:
+    shape = tuple(cfg.parse_sizes(text))
+    if not shape:
         raise argparse.ArgumentTypeError(f"'{text}' is not a shape like 1,28,28")
     return shape
 
@@ -422,8 +412,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Warnings from the libraries wait for the command's end: when it fails they are dropped,
         # so the error stays one line; when it succeeds each is one line after its output.
         with warnings.catch_warnings(record=True) as caught:
-            if args.func is not _cmd_train:  # train takes --threads as a setting of the run
-                _apply_threads(args)
+            if getattr(args, "threads", None) and args.func is not _cmd_train:  # train: a setting of the run
+                from convae.runtime import set_threads
+
+                set_threads(args.threads)
             status = args.func(args)
         for warning in caught:
             print(f"warning: {str(warning.message).splitlines()[0]}", file=sys.stderr)

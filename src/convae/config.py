@@ -82,14 +82,20 @@ def parse_int_list(text: str) -> list[int]:
         raise ValueError(f"'{text}' is not a list of integers like 0 or 1,7") from None
 
 
-def parse_image_size(text: str) -> list[int]:
+def parse_sizes(text: str) -> list[int]:
+    """Positive integers separated by commas or x (``1,28,28``, ``32x48``); [] when the text is not that."""
     try:
-        shape = [int(s) for s in text.replace("x", ",").split(",") if s.strip()]
+        sizes = [int(s) for s in text.replace("x", ",").split(",") if s.strip()]
     except ValueError:
-        shape = []
+        return []
+    return sizes if sizes and min(sizes) >= 1 else []
+
+
+def parse_image_size(text: str) -> list[int]:
+    shape = parse_sizes(text)
     if len(shape) == 1:
         shape *= 2
-    if len(shape) != 2 or min(shape) < 1:
+    if len(shape) != 2:
         raise ValueError(f"'{text}' is not an image size like 28 or 32,48")
     return shape
 

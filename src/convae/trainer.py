@@ -309,12 +309,15 @@ class Trainer:
         # Every process learns of a bad step on any process, so all stop together.
         bad = int(distributed.all_max(first_bad, self.dist))
         if bad >= 0:
-            last = self.run_dir / "last.pt"
-            kept = f"; the last good checkpoint is {last}" if last.exists() else ""
+            kept = self._last_good()
             raise ConvaeError(
                 f"loss became non-finite at step {bad} (epoch {epoch + 1}); stopped{kept}. "
                 "Try a lower --lr or --clip-grad"
             )
+
+    def _last_good(self) -> str:
+        last = self.run_dir / "last.pt"
+        return f"; the last good checkpoint is {last}" if last.exists() else ""
 
     def _check_weights(self, epoch: int) -> None:
         """Stop before saving weights or batch-norm statistics that overflowed: a finite loss does
@@ -323,8 +326,7 @@ class Trainer:
         bad = next((name for name, t in self._named(tensors) if not bool(torch.isfinite(t).all())), None)
         flag = distributed.all_max(torch.tensor(int(bad is not None), device=self.device), self.dist)
         if int(flag):
-            last = self.run_dir / "last.pt"
-            kept = f"; the last good checkpoint is {last}" if last.exists() else ""
+            kept = self._last_good()
             raise ConvaeError(
                 f"weights became non-finite in epoch {epoch}{f' ({bad})' if bad else ' (on another process)'}; "
                 f"stopped, nothing saved{kept}. Try a lower --lr or --clip-grad"

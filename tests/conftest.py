@@ -11,6 +11,13 @@ settings.register_profile("dev", max_examples=40, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _image_cache(tmp_path_factory):
+    """Decoded folders are cached in the session's temporary folder, never in the user's home;
+    subprocesses (the CLI tests) inherit it."""
+    os.environ["CONVAE_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
 @pytest.fixture(scope="session")
 def run_dir(tmp_path_factory):
     """One small trained run (120 labelled 8x8 blobs, 3 epochs), shared by the tests that use a run."""

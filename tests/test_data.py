@@ -233,7 +233,7 @@ def test_python_data_arrays_tensors_and_datasets(tmp_path):
         data.from_python({"x": 1})
 
 
-def test_a_uint8_npy_is_memory_mapped_and_trains_as_the_same_array_in_memory(tmp_path):
+def test_a_uint8_npy_is_read_in_place_and_trains_as_the_same_array_in_memory(tmp_path):
     from helpers import blobs
 
     from convae.config import resolve_config
@@ -242,14 +242,37 @@ def test_a_uint8_npy_is_memory_mapped_and_trains_as_the_same_array_in_memory(tmp
     x = blobs(64)
     np.save(tmp_path / "x.npy", x)
     np.savez(tmp_path / "x.npz", x=x)  # .npz: read into memory
+    from convae.rows import FileArray
+
     mapped = data.load(f"npy:{tmp_path / 'x.npy'}").x_train
-    base = mapped
-    while base.base is not None and not isinstance(base, np.memmap):
-        base = base.base
-    assert isinstance(base, np.memmap) and not mapped.flags.writeable  # on disk, not copied
+    assert isinstance(mapped, FileArray) and mapped.shape == (64, 1, 8, 8)  # on disk, not read
+    assert np.array_equal(mapped[[5, 2, 3]], x[[5, 2, 3]])  # blobs are (N, 1, H, W) already
     finals = []
     for name in ("x.npy", "x.npz"):
         settings = dict(data=f"npy:{tmp_path / name}", arch="conv(4,3,stride=2) relu dense(4)", epochs=2)
         out = str(tmp_path / f"run-{name}")
         finals.append(train(resolve_config({**settings, "batch_size": 16, "out": out, "quiet": True}))["final"])
     assert finals[0] == finals[1]
+
+
+def test_a_source_without_a_test_split_holds_one_out_seeded_with_the_classes_training_leaves_out():
+    from convae.config import TrainConfig
+
+    y = np.arange(200) % 4
+    ds = data.Dataset("d", np.zeros((200, 1, 2, 2), np.uint8), y)
+    config = TrainConfig(test_fraction=0.1, val_fraction=0.2, seed=3)
+    s = data.run_splits(ds, config)
+    assert len(s.test) == 20 and len(s.val) == 36 and len(s.train) == 144
+    assert len(np.unique(np.concatenate([s.train, s.val, s.test]))) == 200  # disjoint, all of them
+    assert np.array_equal(data.run_splits(ds, config).test, s.test)  # seeded
+    assert not np.array_equal(data.run_splits(ds, TrainConfig(test_fraction=0.1, seed=4)).test, s.test)
+    # Without a test split held out, validation is the split runs have always had.
+    old = data.run_splits(ds, TrainConfig(test_fraction=0.0, val_fraction=0.2, seed=3))
+    assert np.array_equal(old.val, data.split_validation(200, 0.2, 3)[1]) and len(old.test) == 0
+    # Classes left out of training stay in the test split: the anomalies to find.
+    anomaly = data.run_splits(ds, TrainConfig(test_fraction=0.1, exclude_classes=[2], seed=3))
+    assert np.array_equal(anomaly.test, s.test) and 2 in y[anomaly.test]
+    assert 2 not in y[anomaly.train] and 2 not in y[anomaly.val]
+    # A source with a test split of its own holds nothing out.
+    with_test = data.Dataset("d", ds.x_train, y, ds.x_train[:5], y[:5])
+    assert len(data.run_splits(with_test, config).test) == 0

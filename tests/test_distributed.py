@@ -167,3 +167,20 @@ def test_contrastive_negatives_span_the_processes(tmp_path, total):
         assert torch.allclose(got["term"], term, atol=1e-6)
         for name, param in head.named_parameters():
             assert torch.allclose(got["grads"][name], param.grad, atol=1e-6), (rank, name)
+
+
+def test_two_processes_streaming_their_own_rows_match_one(tmp_path):
+    import numpy as np
+    from helpers import blobs
+
+    np.save(tmp_path / "x.npy", blobs(96))
+    settings = dict(data=f"npy:{tmp_path / 'x.npy'}", arch=ARCH, epochs=2, batch_size=16, lr=0.003, device="cpu")
+    settings.update(threads=1, amp=False, histograms=False, embedding_samples=0, workers=1)
+    flags = _flags({**settings, "placement": "stream"})
+    result = _torchrun(["train", *flags, "--quiet", "--out", str(tmp_path / "ddp")], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    train(resolve_config({**settings, "placement": "host", "quiet": True, "out": str(tmp_path / "single")}))
+    w_ddp = checkpoint.load(tmp_path / "ddp" / "last.pt")["model"]
+    w_one = checkpoint.load(tmp_path / "single" / "last.pt")["model"]
+    for key in w_one:
+        assert torch.allclose(w_ddp[key].float(), w_one[key].float(), atol=1e-4), key

@@ -13,7 +13,7 @@ from convae.train import train
 
 def test_evaluate_against_pca_writes_report(run_dir):
     result = ev.evaluate(run_dir)
-    assert result["split"] == "validation" and result["code_size"] == 6
+    assert result["split"] == "test" and result["code_size"] == 6  # held out: the npz has no test split
     model, pca = result["model"], result["pca_6"]
     for metrics in (model, pca):
         assert metrics["mse"] > 0 and metrics["psnr"] > 0 and 0 < metrics["ssim"] <= 1

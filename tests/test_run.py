@@ -34,7 +34,9 @@ def test_encode_cli_npz_and_npy(run_dir, tmp_path):
     saved = np.load(tmp_path / "codes.npz")
     assert saved["codes"].shape == (120, 6) and saved["labels"].shape == (120,)
     assert main(["encode", str(run_dir), "--out", str(tmp_path / "codes.npy"), "--split", "val", "--quiet"]) == 0
-    assert np.load(tmp_path / "codes.npy").shape == (12, 6)
+    assert np.load(tmp_path / "codes.npy").shape == (11, 6)  # 10 % of the 108 not held out for testing
+    assert main(["encode", str(run_dir), "--out", str(tmp_path / "test.npy"), "--split", "test", "--quiet"]) == 0
+    assert np.load(tmp_path / "test.npy").shape == (12, 6)  # test_fraction 0.1 of 120
     assert main(["encode", str(run_dir), "--out", str(tmp_path / "codes.txt")]) == 2
 
 

@@ -359,19 +359,19 @@ def test_without_a_validation_split_a_capped_spread_of_training_images_stands_in
 def test_a_large_validation_split_is_capped_too(npz, tmp_path):
     config = _config(npz, tmp_path, val_fraction=0.5, val_samples=10)
     trainer = Trainer(config, tmp_path, prepare(config), torch.device("cpu"))
-    assert len(trainer.val_idx) == 48 and 8 <= len(trainer._val_idx()) <= 10
+    assert len(trainer.val_idx) == 43 and 8 <= len(trainer._val_idx()) <= 10  # half of the 86 not held out
     config.val_samples = 0  # all of it
     assert torch.equal(trainer._val_idx(), trainer.val_idx)
 
 
 def test_max_steps_ends_the_run_mid_epoch_and_the_schedule_with_it(npz, tmp_path):
-    result = train(_config(npz, tmp_path, epochs=5, max_steps=8))  # 6 steps an epoch
-    assert [(m["epoch"], m["step"]) for m in result["metrics"]] == [(1, 6), (2, 8)]
+    result = train(_config(npz, tmp_path, epochs=5, max_steps=8))  # 5 steps an epoch (77 samples)
+    assert [(m["epoch"], m["step"]) for m in result["metrics"]] == [(1, 5), (2, 8)]
     assert result["metrics"][-1]["lr"] < 0.1 * 3e-3  # the one-cycle ended with the run, not at epoch 5
     with pytest.raises(ConvaeError, match="already finished"):
         train(resume=tmp_path / "run")
     more = train(resume=tmp_path / "run", max_steps=14)
-    assert [m["step"] for m in more["metrics"]] == [6, 8, 14]
+    assert [m["step"] for m in more["metrics"]] == [5, 8, 13, 14]
 
 
 def test_batch_norm_lag_warns_only_when_eval_mode_is_the_worse():
@@ -385,7 +385,7 @@ def test_batch_norm_lag_warns_only_when_eval_mode_is_the_worse():
 
 def test_resume_with_more_epochs_trains_a_finished_run_on_with_a_new_schedule(npz, tmp_path, capsys):
     train(_config(npz, tmp_path, "a", epochs=2))
-    finished = r"already finished its 2 epochs \(12 steps\); pass --epochs N or --max-steps N"
+    finished = r"already finished its 2 epochs \(10 steps\); pass --epochs N or --max-steps N"
     with pytest.raises(ConvaeError, match=finished):
         train(resume=tmp_path / "a")
     with pytest.raises(ConvaeError, match="has trained 2 epochs already; --epochs must be more"):
@@ -393,7 +393,7 @@ def test_resume_with_more_epochs_trains_a_finished_run_on_with_a_new_schedule(np
     before = checkpoint.load(tmp_path / "a" / "last.pt")
     extended = train(resume=tmp_path / "a", epochs=4)
     assert (
-        "training on from step 12 (epoch 2); the onecycle learning-rate schedule is planned anew"
+        "training on from step 10 (epoch 2); the onecycle learning-rate schedule is planned anew"
         in capsys.readouterr().err
     )
     assert [m["epoch"] for m in extended["metrics"]] == [1, 2, 3, 4]

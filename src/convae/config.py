@@ -35,6 +35,7 @@ OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine", "onecycle")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")  # torch.compile's modes
 CONFIG_SUFFIXES = (".toml", ".json")
+PLACEMENTS = ("auto", "device", "host", "stream")
 INT64_MAX = 2**63 - 1
 EXPORT_FORMATS = ("onnx", "torchscript")  # `convae export`: the file formats and the parts of a model
 EXPORT_PARTS = ("autoencoder", "encoder", "decoder")
@@ -131,9 +132,22 @@ class DataSettings:
     val_fraction: float = setting(
         0.1, "held-out share for validation (0: training images are monitored instead)", bounds="[0, 1)"
     )
-    val_samples: int = setting(
-        10_000, "validation samples evaluated each epoch, evenly spread (0: all)", bounds="[0, inf)"
+    test_fraction: float = setting(
+        0.1,
+        "sources without a test split: seeded held-out share for testing (eval, score), never trained on",
+        bounds="[0, 1)",
     )
+    val_samples: int = setting(
+        10_000,
+        "validation samples evaluated each epoch (and held-out test samples at the end), evenly spread (0: all)",
+        bounds="[0, inf)",
+    )
+    cache_dir: str | None = setting(
+        None,
+        "folder images: where the decoded, resized images are cached ('none': decode each time)",
+        default_text="$CONVAE_CACHE or ~/.cache/convae",
+    )
+    source_stamp: str | None = setting(None, "", internal=True)  # what the data was: resuming checks it
     normalize: str = setting("unit", "input preparation, inverted for output", choices=NORMALIZE)
     zca_epsilon: float = setting(1e-2, "ZCA whitening epsilon", bounds="(0, inf)")
     noise: str | None = setting(None, "denoising: gaussian:0.3, masking:0.25 or saltpepper:0.1")
@@ -210,6 +224,15 @@ class RuntimeSettings:
     )
     sync_bn: bool = setting(False, "with torchrun on GPUs: batch-norm statistics over all processes")
     threads: int | None = setting(None, "CPU threads for PyTorch", bounds="[1, inf)", default_text="PyTorch's")
+    placement: str = setting(
+        "auto",
+        "where the training data lives: on the device, in host memory, or streamed from its file by DataLoader "
+        "workers (auto: the device or host memory when it fits, else streamed)",
+        choices=PLACEMENTS,
+    )
+    workers: int = setting(
+        2, "DataLoader processes reading batches when streaming (0: the training process)", bounds="[0, 64]"
+    )
 
 
 @dataclass
@@ -250,6 +273,12 @@ class TrainConfig(LogSettings, RuntimeSettings, OptimSettings, ObjectiveSettings
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_saved(cls, saved: dict[str, Any]) -> TrainConfig:
+        """A run's config as it was saved; a setting added since takes the value that reproduces what
+        the run did then (runs saved before ``test_fraction`` held out no test split)."""
+        return cls(**{"test_fraction": 0.0, **saved})
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}

@@ -16,7 +16,6 @@ Independent of the model. Sources for ``--data``:
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import hashlib
 import os
@@ -30,8 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
+from convae import cache
 from convae.errors import ConvaeError
-from convae.images import read_folder
+from convae.rows import FileArray
 
 
 @dataclass
@@ -40,11 +40,12 @@ class Dataset:
     than float32; :func:`floats` gives them in the data's scale ([0, 1]), as every consumer sees them."""
 
     name: str
-    x_train: np.ndarray
+    x_train: np.ndarray | FileArray
     y_train: np.ndarray | None = None
-    x_test: np.ndarray | None = None
+    x_test: np.ndarray | FileArray | None = None
     y_test: np.ndarray | None = None
     classes: list[str] | None = None
+    stamp: str | None = None  # identifies the source's contents (files' sizes and times): a resume checks it
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -204,8 +205,9 @@ def load_idx_dataset(name: str, data_dir: str | None = None, download: bool = Tr
 # ----------------------------------------------------------------------------- other sources
 
 
-def floats(x: np.ndarray) -> np.ndarray:
+def floats(x: np.ndarray | FileArray) -> np.ndarray:
     """Samples in the data's scale as float32: uint8 images (as loaders keep them) in [0, 1]; others as they are."""
+    x = np.asarray(x)  # a FileArray is read here, whole
     if x.dtype == np.uint8:
         out = x.astype(np.float32)
         out /= 255.0  # in place: one float32 copy, not two
@@ -221,17 +223,20 @@ def load_digits() -> Dataset:
     return Dataset("digits", x, digits.target.astype(np.int64), classes=[str(i) for i in range(10)])
 
 
-def as_samples(x: np.ndarray, name: str, spatial_dims: int | None = None) -> np.ndarray:
-    """An array of samples as float32 (N, C, *spatial), uint8 scaled to [0, 1].
+def as_samples(x: np.ndarray | FileArray, name: str, spatial_dims: int | None = None) -> np.ndarray | FileArray:
+    """An array of samples (N, C, *spatial): uint8 kept as bytes, anything else as float32.
 
     With ``spatial_dims`` (1, 2 or 3) the array is (N, C, *spatial) or, without a channel
     axis, (N, *spatial). Without it, image rules: (N, H, W), (N, C, H, W) or (N, H, W, C).
+    A :class:`FileArray` of uint8 or float32 stays in its file (checked in bounded memory);
+    one that needs its axes moved or its type changed is read into memory.
     """
     if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
         raise ConvaeError(f"{name}: expected a numeric array, got dtype {x.dtype}")
+    add_channel = (lambda a: a.with_shape((a.shape[0], 1, *a.shape[1:]))) if isinstance(x, FileArray) else None
     if spatial_dims is not None:
         if x.ndim == spatial_dims + 1:
-            x = x[:, None]
+            x = add_channel(x) if add_channel else x[:, None]
         elif x.ndim != spatial_dims + 2:
             axes = {1: "L", 2: "H, W", 3: "D, H, W"}[spatial_dims]
             raise ConvaeError(
@@ -239,11 +244,11 @@ def as_samples(x: np.ndarray, name: str, spatial_dims: int | None = None) -> np.
                 f"not {x.shape}"
             )
     elif x.ndim == 3:
-        x = x[:, None]
+        x = add_channel(x) if add_channel else x[:, None]
     elif x.ndim == 4:
         # Channels-last when the last axis looks like channels and the second does not.
         if x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
-            x = x.transpose(0, 3, 1, 2)
+            x = np.asarray(x).transpose(0, 3, 1, 2)
     else:
         raise ConvaeError(
             f"{name}: expected an array shaped (N, H, W), (N, C, H, W) or (N, H, W, C), got {x.shape} "
@@ -253,13 +258,24 @@ def as_samples(x: np.ndarray, name: str, spatial_dims: int | None = None) -> np.
         raise ConvaeError(f"{name}: the array holds no samples")
     if 0 in x.shape:
         raise ConvaeError(f"{name}: the array has an empty axis (shape {x.shape})")
+    if isinstance(x, FileArray) and x.dtype in (np.uint8, np.float32):
+        if x.dtype == np.float32:
+            done = 0
+            for block in x.blocks():
+                _check_finite(block, name, done)
+                done += len(block)
+        return x
     if x.dtype == np.uint8:  # kept as bytes: converted where it is used (4x less memory than float32)
         return np.ascontiguousarray(x)
     x = floats(np.ascontiguousarray(x))
-    if not np.isfinite(x).all():
-        bad = int((~np.isfinite(x)).any(axis=tuple(range(1, x.ndim))).argmax())
-        raise ConvaeError(f"{name}: the array holds NaN or infinite values (first in sample {bad})")
+    _check_finite(x, name)
     return x
+
+
+def _check_finite(x: np.ndarray, name: str, first: int = 0) -> None:
+    if not np.isfinite(x).all():
+        bad = first + int((~np.isfinite(x)).any(axis=tuple(range(1, x.ndim))).argmax())
+        raise ConvaeError(f"{name}: the array holds NaN or infinite values (first in sample {bad})")
 
 
 def from_python(data: object, spatial_dims: int | None = None) -> Dataset:
@@ -303,8 +319,11 @@ def load_npy(path: str, spatial_dims: int | None = None) -> Dataset:
         raise ConvaeError(f"{p}: no such file")
     labels = classes = None
     try:
-        # .npy is memory-mapped: uint8 samples are read from disk batch by batch, so they may exceed memory.
+        # A .npy file is read in place (its header through a memory map, its rows by FileArray),
+        # so it may exceed memory.
         loaded = np.load(p, allow_pickle=False, mmap_mode="r" if p.suffix == ".npy" else None)
+        if isinstance(loaded, np.memmap) and loaded.flags.c_contiguous:
+            loaded = FileArray.open(str(p), loaded)
         if isinstance(loaded, np.lib.npyio.NpzFile):
             with loaded:
                 keys = list(loaded.keys())
@@ -327,12 +346,15 @@ def load_npy(path: str, spatial_dims: int | None = None) -> Dataset:
     x = as_samples(x, str(p), spatial_dims)
     if labels is not None and len(labels) != len(x):
         raise ConvaeError(f"{p}: {len(labels)} labels for {len(x)} samples")
-    return Dataset(p.stem, x, labels, classes=classes)
+    st = p.stat()
+    return Dataset(p.stem, x, labels, classes=classes, stamp=f"{st.st_size}:{st.st_mtime_ns}")
 
 
-def load_folder(path: str, channels: int | None = None, image_size: Sequence[int] | None = None) -> Dataset:
-    f = read_folder(path, channels, image_size)
-    return Dataset(f.name, f.x_train, f.y_train, f.x_test, f.y_test, classes=f.classes)
+def load_folder(
+    path: str, channels: int | None = None, image_size: Sequence[int] | None = None, cache_dir: str | None = None
+) -> Dataset:
+    f, stamp = cache.load_folder(path, channels, image_size, cache_dir)
+    return Dataset(f.name, f.x_train, f.y_train, f.x_test, f.y_test, classes=f.classes, stamp=stamp)
 
 
 SOURCES = ("fashion-mnist", "mnist", "digits", "folder:PATH", "npy:PATH")
@@ -346,6 +368,7 @@ def load(
     channels: int | None = None,
     image_size: Sequence[int] | None = None,
     spatial_dims: int | None = None,
+    cache_dir: str | None = None,
     download: bool = True,
 ) -> Dataset:
     """Load a dataset by its ``--data`` name (see the module docstring)."""
@@ -357,25 +380,10 @@ def load(
         return load_digits()
     kind, sep, path = source.partition(":")
     if sep and kind == "folder":
-        return load_folder(path, channels, image_size)
+        return load_folder(path, channels, image_size, cache_dir)
     if sep and kind == "npy":
         return load_npy(path, spatial_dims)
     raise ConvaeError(f"unknown dataset '{source}' (known: {', '.join(SOURCES)})")
-
-
-def drop_classes(dataset: Dataset, classes: Sequence[int] | None) -> Dataset:
-    """The dataset without these classes in its training split (the test split is kept whole).
-
-    For anomaly detection: train on normal classes, score the test split.
-    """
-    if not classes:
-        return dataset
-    if dataset.y_train is None:
-        raise ConvaeError(f"{dataset.name} has no labels, so no classes can be left out")
-    keep = ~np.isin(dataset.y_train, list(classes))
-    if not keep.any():
-        raise ConvaeError(f"leaving out classes {list(classes)} leaves no training data")
-    return dataclasses.replace(dataset, x_train=dataset.x_train[keep], y_train=dataset.y_train[keep])
 
 
 def split_validation(n: int, val_fraction: float, seed: int, minimum: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -385,3 +393,40 @@ def split_validation(n: int, val_fraction: float, seed: int, minimum: int = 1) -
     order = np.random.default_rng(seed).permutation(n)
     n_val = min(max(round(n * val_fraction), minimum if val_fraction > 0 else 0), n - 1)
     return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Indices into a dataset's training array: what trains, what validates, and what is held out
+    for testing (empty when the source has a test split of its own)."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+def run_splits(dataset: Dataset, config) -> Splits:
+    """A run's splits of its training array (``config``: a TrainConfig).
+
+    A source without a test split has one held out first, seeded, from all its samples, so it keeps
+    the classes that ``exclude_classes`` leaves out of training (the anomalies to find). What
+    remains, less those classes, is split into training and validation as
+    :func:`split_validation` splits it, so without a test split and with no class left out the
+    validation split is the one runs have always had.
+    """
+    n, y, excluded = len(dataset.x_train), dataset.y_train, config.exclude_classes
+    rest, test = np.arange(n), np.arange(0)
+    if dataset.x_test is None and config.test_fraction > 0:
+        if n < 3:
+            raise ConvaeError(f"{n} samples cannot be split into training, validation and test samples")
+        order = np.random.default_rng([config.seed, 7]).permutation(n)  # apart from the seed's other draws
+        n_test = min(max(round(n * config.test_fraction), 1), n - 2)
+        rest, test = np.sort(order[n_test:]), np.sort(order[:n_test])
+    if excluded:
+        if y is None:
+            raise ConvaeError(f"{dataset.name} has no labels, so no classes can be left out")
+        rest = rest[~np.isin(y[rest], list(excluded))]
+        if len(rest) < 2:
+            raise ConvaeError(f"leaving out classes {list(excluded)} leaves too little training data ({len(rest)})")
+    train, val = split_validation(len(rest), config.val_fraction, config.seed)
+    return Splits(rest[train], rest[val], test)

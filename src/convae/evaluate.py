@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from convae.data import Dataset, floats, split_validation
+from convae.data import Dataset, floats, run_splits
 from convae.errors import ConvaeError
 from convae.metrics import per_sample_mse, per_sample_ssim, psnr
 from convae.preprocess import Noise
@@ -28,13 +28,14 @@ def eval_splits(
 ) -> tuple[Dataset, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
     """(dataset, x_fit, x_eval, y_fit, y_eval): the run's training split and the test split.
 
-    Without a test split, the run's validation split (same seed) is evaluated.
-    With ``data``, that dataset's test split (or all of it) is evaluated and its
-    training split (or all of it) is what PCA and the probe fit on.
+    Without a test split, the split the run held out is evaluated (a run that held none
+    out: its validation split). With ``data``, that dataset's test split (or all of it)
+    is evaluated and its training split (or all of it) is what PCA and the probe fit on.
     """
     cfg = run.config
     dataset = load_dataset(data or cfg.data, cfg)
-    train_idx, val_idx = split_validation(len(dataset.x_train), cfg.val_fraction, cfg.seed)
+    splits = run_splits(dataset, cfg)
+    train_idx, val_idx = splits.train, splits.test if len(splits.test) else splits.val
     x, y = dataset.x_train, dataset.y_train
     if dataset.x_test is not None:
         fit, evaluated, y_fit, y_eval = x[train_idx], dataset.x_test, take(y, train_idx), dataset.y_test
@@ -45,6 +46,12 @@ def eval_splits(
     else:
         fit, evaluated, y_fit, y_eval = x[train_idx], x[val_idx], take(y, train_idx), take(y, val_idx)
     return dataset, floats(fit), floats(evaluated), y_fit, y_eval
+
+
+def held_out_none(run: Run, data: str | None, dataset: Dataset) -> bool:
+    """Whether the run's own data has no test split, so that its validation split stands in."""
+    own = data is None or data == run.config.data
+    return own and dataset.x_test is None and not len(run_splits(dataset, run.config).test)
 
 
 def fit_subset(x: np.ndarray, y: np.ndarray | None, max_fit: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -137,7 +144,7 @@ def evaluate(
 
     result = {
         "data": data or run.config.data,
-        "split": "test" if dataset.x_test is not None else "validation",
+        "split": "validation" if held_out_none(run, data, dataset) else "test",
         "samples": len(x_eval),
         "code_size": code_size,
         "model": model_metrics,

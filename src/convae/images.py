@@ -8,9 +8,10 @@ resized images, never the originals. 16-bit grey images are scaled to 8 bits.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -70,15 +71,19 @@ def _decode(path: Path, mode: str, image_size: Sequence[int] | None) -> np.ndarr
     return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
 
 
-def _decode_all(files: list[Path], mode: str, image_size: Sequence[int] | None) -> np.ndarray:
+def decode_all(
+    files: list[Path], mode: str, image_size: Sequence[int] | None, make_out: Callable[[tuple], Any] | None = None
+) -> Any:
     """Every file decoded into one preallocated uint8 array (no list of arrays beside it), on every
-    core (Pillow decodes and resizes outside the GIL), with a progress bar on a terminal for many files."""
+    core (Pillow decodes and resizes outside the GIL), with a progress bar on a terminal for many files.
+    ``make_out(shape)`` gives where the images go (``out[i] = image``; a file, say); by default an array."""
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm import tqdm
 
     first = _decode(files[0], mode, image_size)
-    out = np.empty((len(files), *first.shape), np.uint8)
+    shape = (len(files), *first.shape)
+    out = make_out(shape) if make_out is not None else np.empty(shape, np.uint8)
     out[0] = first
 
     def fill(i: int) -> None:
@@ -114,9 +119,27 @@ def _image_files(root: Path) -> list[Path]:
     return sorted(f for f in root.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def read_folder(path: str, channels: int | None = None, image_size: Sequence[int] | None = None) -> Folder:
-    """Images found recursively below ``path``; subfolder names are the labels when every image sits
-    in one. With ``train/`` and ``test/`` subfolders, those are the splits (labels below each)."""
+@dataclass
+class Listing:
+    """The image files of a folder, by split (``train/`` and ``test/``, or all of it), with labels."""
+
+    root: Path
+    groups: list[list[Path]]
+    labels: list[np.ndarray] | None
+    classes: list[str] | None
+
+    def manifest(self) -> list[tuple[str, int, int]]:
+        """(path below the root, size, modification time) of every file: what a cache of it must match."""
+        out = []
+        for f in (f for group in self.groups for f in group):
+            st = f.stat()
+            out.append((f.relative_to(self.root).as_posix(), st.st_size, st.st_mtime_ns))
+        return out
+
+
+def list_folder(path: str) -> Listing:
+    """The images found recursively below ``path``; subfolder names are the labels when every image
+    sits in one. With ``train/`` and ``test/`` subfolders, those are the splits (labels below each)."""
     root = Path(path)
     if not root.is_dir():
         raise ConvaeError(f"{root}: no such folder")
@@ -125,6 +148,20 @@ def read_folder(path: str, channels: int | None = None, image_size: Sequence[int
     groups = [_image_files(d) for d in split_roots] if splits else [_image_files(root)]
     if not groups[0]:
         raise ConvaeError(f"{root}: no PNG, JPEG, BMP or TIFF images found")
+    bases = split_roots if splits else [root]
+    parents = [[f.parent.relative_to(base).parts for f in files] for base, files in zip(bases, groups)]
+    labels = classes = None
+    if all(len(p) >= 1 for group in parents for p in group):
+        classes = sorted({p[0] for group in parents for p in group})
+        index = {c: i for i, c in enumerate(classes)}
+        labels = [np.array([index[p[0]] for p in group], dtype=np.int64) for group in parents]
+    return Listing(root, groups, labels, classes)
+
+
+def image_mode(listing: Listing, channels: int | None, image_size: Sequence[int] | None) -> str:
+    """The Pillow mode the images are decoded in ("L" or "RGB"), from their headers, which also show
+    whether they need ``image_size`` (images of several sizes)."""
+    root, groups = listing.root, listing.groups
     headers = [_headers(files) for files in groups]
     every = [h for group in headers for h in group]
     if channels is None:
@@ -142,14 +179,23 @@ def read_folder(path: str, channels: int | None = None, image_size: Sequence[int
                 f"{root}: images of different sizes ({first.name} is {a[0]}x{a[1]}, {other.name} is {b[0]}x{b[1]}); "
                 "pass --image-size H,W"
             )
-    mode = "L" if channels == 1 else "RGB"
-    arrays = [_decode_all(files, mode, image_size) for files in groups]
-    bases = split_roots if splits else [root]
-    parents = [[f.parent.relative_to(base).parts for f in files] for base, files in zip(bases, groups)]
-    labels = classes = None
-    if all(len(p) >= 1 for group in parents for p in group):
-        classes = sorted({p[0] for group in parents for p in group})
-        labels = [np.array([classes.index(p[0]) for p in group], dtype=np.int64) for group in parents]
-    x_test = arrays[1] if splits else None
-    y_test = labels[1] if splits and labels else None
-    return Folder(root.name, arrays[0], labels[0] if labels else None, x_test, y_test, classes)
+    return "L" if channels == 1 else "RGB"
+
+
+def read_folder(path: str, channels: int | None = None, image_size: Sequence[int] | None = None) -> Folder:
+    """A folder's images decoded into memory (see :func:`list_folder` for splits and labels)."""
+    listing = list_folder(path)
+    mode = image_mode(listing, channels, image_size)
+    return folder_of(listing, [decode_all(files, mode, image_size) for files in listing.groups])
+
+
+def folder_of(listing: Listing, arrays: list) -> Folder:
+    labels, split = listing.labels, len(listing.groups) == 2
+    return Folder(
+        listing.root.name,
+        arrays[0],
+        labels[0] if labels else None,
+        arrays[1] if split else None,
+        labels[1] if split and labels else None,
+        listing.classes,
+    )

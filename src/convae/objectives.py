@@ -83,7 +83,13 @@ class Reconstruction:
 
     def loss(self, out: Tensor, target: Tensor, total: int, info: distributed.Dist) -> tuple[Tensor, Tensor | None]:
         """The step's loss and its extra term (None here), in float32, for a shard of ``total`` samples."""
-        return self.loss_fn(out.float(), target), None
+        return self.reconstruction(out, target, total, info), None
+
+    def reconstruction(self, out: Tensor, target: Tensor, total: int, info: distributed.Dist) -> Tensor:
+        """The shard's mean loss, weighted by its share of the global batch: DDP averages the
+        processes' gradients, which is the global batch's mean only if shards of unequal size (a
+        last batch that does not split evenly) count by their size. One process: weight 1."""
+        return self.loss_fn(out.float(), target) * (len(target) * info.world / total)
 
 
 class _WithProjection(nn.Module):
@@ -128,7 +134,7 @@ class Contrastive(Reconstruction):
     def loss(self, out: tuple[Tensor, Tensor], target: Tensor, total: int, info: distributed.Dist):
         out, projected = out
         term = contrastive_term(projected, self.config.contrastive_tau, total, info)
-        return self.loss_fn(out.float(), target) + self.config.contrastive * term, term
+        return self.reconstruction(out, target, total, info) + self.config.contrastive * term, term
 
 
 def objective_for(config: TrainConfig, model: AutoEncoder) -> Reconstruction:

@@ -21,7 +21,7 @@ from torch import Tensor
 from convae import checkpoint
 from convae import data as datasets
 from convae.config import TrainConfig
-from convae.data import Dataset, split_validation
+from convae.data import Dataset, run_splits
 from convae.errors import ConvaeError
 from convae.images import too_large
 from convae.model import AutoEncoder, from_config
@@ -96,7 +96,7 @@ def load_run(
     model = from_config(state["model_config"])
     checkpoint.load_weights(model, state["model"], path)
     model.eval()
-    return model, Normalizer.from_dict(state["normalizer"]), TrainConfig(**state["train_config"])
+    return model, Normalizer.from_dict(state["normalizer"]), TrainConfig.from_saved(state["train_config"])
 
 
 def load(run_dir: str | Path, which: str = "best", device: str = "cpu") -> Run:
@@ -114,11 +114,15 @@ def as_run(run: str | Path | Run) -> Run:
 
 
 def load_dataset(source: str, cfg: TrainConfig) -> Dataset:
-    """A dataset as the run saw it: same loading options, the same classes left out of training."""
-    dataset = datasets.load(
-        source, data_dir=cfg.data_dir, channels=cfg.channels, image_size=cfg.image_size, spatial_dims=cfg.spatial_dims
+    """A dataset loaded as the run loaded its data (channels, size, axes, cache)."""
+    return datasets.load(
+        source,
+        data_dir=cfg.data_dir,
+        channels=cfg.channels,
+        image_size=cfg.image_size,
+        spatial_dims=cfg.spatial_dims,
+        cache_dir=cfg.cache_dir,
     )
-    return datasets.drop_classes(dataset, cfg.exclude_classes) if source == cfg.data else dataset
 
 
 def take(y: np.ndarray | None, idx: np.ndarray) -> np.ndarray | None:
@@ -130,10 +134,11 @@ def dataset_split(
 ) -> tuple[np.ndarray, np.ndarray | None, Dataset]:
     """Samples and labels of a split of the run's data (or of ``data``): ``test``, ``val``, ``train``, ``all``.
 
-    ``test`` of a source without a test split is the run's validation split, held out
-    from training, so that nothing is measured on images the model trained on; of
-    another dataset than the run's, all of it. ``all`` is the whole training file.
-    ``dataset``, when given, is ``data`` (or the run's data) already loaded.
+    ``test`` of a source without a test split is the split the run held out
+    (``test_fraction``; a run that held none out, its validation split), so that
+    nothing is measured on samples the model trained on; of another dataset than
+    the run's, all of it. ``all`` is the whole training file. ``dataset``, when
+    given, is ``data`` (or the run's data) already loaded.
     """
     if split not in SPLITS:
         raise ConvaeError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
@@ -145,8 +150,10 @@ def dataset_split(
     if split in ("val", "train") or (split == "test" and own):
         if not own:
             raise ConvaeError(f"the {split} split is the run's own; {data} has no such split")
-        train_idx, val_idx = split_validation(len(dataset.x_train), cfg.val_fraction, cfg.seed)
-        idx = train_idx if split == "train" else val_idx
+        splits = run_splits(dataset, cfg)
+        idx = {"train": splits.train, "val": splits.val, "test": splits.test}[split]
+        if split == "test" and len(idx) == 0:
+            idx = splits.val
         if split != "train" and len(idx) == 0:
             raise ConvaeError(
                 f"{cfg.data} has no test split and the run kept no validation split (val_fraction 0): "

@@ -70,6 +70,7 @@ def speed_settings(
     device: torch.device,
     world: int,
     images: bool,
+    one_pixel_maps: bool = False,
 ) -> Speed:
     """Channels-last, bf16 autocast and compilation: the user's choice, else what is fastest here.
 
@@ -82,11 +83,19 @@ def speed_settings(
     small models are bound by kernel launches there, and the graphs replay a
     step in one (1.3-2.3x on an H200 at batch 128: RESULTS.md). Not on CPUs
     (slower there) nor under DDP (not measured with it).
+
+    One exception to channels-last: on a CPU under bf16 autocast, a model whose
+    encoder convolves maps of one pixel (``one_pixel_maps``) keeps the plain
+    layout. There oneDNN's bf16 channels-last kernels now and then return NaN
+    weight gradients for those convolutions, from one run to the next of the
+    same seed (issue 34's NaN; benchmarks/RESULTS.md, "bf16 NaN").
     """
     cuda = device.type == "cuda"
-    layout = images if channels_last is None else bool(channels_last) and images
     if amp is None:
         amp = torch.cuda.is_bf16_supported() if cuda else device.type == "cpu" and cpu_has_native_bf16()
+    if channels_last is None:
+        channels_last = not (amp and device.type == "cpu" and one_pixel_maps)
+    layout = bool(channels_last) and images
     if compile_ is None:
         compile_ = "reduce-overhead" if cuda and world == 1 and can_compile_for(device) else False
     return Speed(layout, bool(amp), compile_)

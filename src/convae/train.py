@@ -23,7 +23,7 @@ import torch
 
 from convae import checkpoint, distributed, presets, rundir, runtime
 from convae.config import USER_FIELDS, TrainConfig, arch_of, resolve_config
-from convae.data import PYTHON_SOURCE, Dataset, drop_classes, from_python, load, split_validation
+from convae.data import PYTHON_SOURCE, Dataset, from_python, load, run_splits
 from convae.errors import ConvaeError
 from convae.model import AutoEncoder, ModelConfig, build
 from convae.preprocess import Normalizer, value_range
@@ -37,6 +37,7 @@ class Prepared:
     dataset: Dataset
     train_idx: np.ndarray
     val_idx: np.ndarray
+    test_idx: np.ndarray  # held out of the training file (empty when the source has a test split)
     normalizer: Normalizer
     model: AutoEncoder
     data_low: float
@@ -53,12 +54,19 @@ def prepare(config: TrainConfig, normalizer_state: dict | None = None, dataset: 
             channels=config.channels,
             image_size=config.image_size,
             spatial_dims=config.spatial_dims,
+            cache_dir=config.cache_dir,
         )
-    dataset = drop_classes(dataset, config.exclude_classes)
+    if config.source_stamp is not None and dataset.stamp != config.source_stamp:
+        raise ConvaeError(
+            f"{config.data} is not the data this run was trained on (it changed since); "
+            "resuming would go on with other data: start a new run"
+        )
+    config.source_stamp = dataset.stamp
     n = len(dataset.x_train)
     if n < 2:
         raise ConvaeError(f"dataset '{config.data}' has {n} sample(s); at least 2 are needed to train")
-    train_idx, val_idx = split_validation(n, config.val_fraction, config.seed)
+    splits = run_splits(dataset, config)
+    train_idx, val_idx = splits.train, splits.val
     if normalizer_state is not None:
         normalizer = Normalizer.from_dict(normalizer_state)
     else:
@@ -67,7 +75,7 @@ def prepare(config: TrainConfig, normalizer_state: dict | None = None, dataset: 
     torch.manual_seed(config.seed)  # the initial weights
     model = build(arch_of(config), dataset.sample_shape, output=output, tied=config.tied, upsample=config.upsample)
     low, high = value_range(dataset.x_train, train_idx)
-    return Prepared(dataset, train_idx, val_idx, normalizer, model, low, high)
+    return Prepared(dataset, train_idx, val_idx, splits.test, normalizer, model, low, high)
 
 
 def _default_out(config: TrainConfig) -> Path:
@@ -124,7 +132,7 @@ def _plan_resume(run_dir: Path, epochs: int | None, max_steps: int | None = None
     if kind not in ("started", "finished"):
         raise ConvaeError(f"{run_dir}: no convae run to resume (no last.pt checkpoint)")
     state = checkpoint.load(run_dir / "last.pt")
-    config = TrainConfig(**state["train_config"])
+    config = TrainConfig.from_saved(state["train_config"])
     done, accepts = state["epoch"], ("started", "finished")
     same_plan = (epochs is None or epochs == config.epochs) and (max_steps is None or max_steps == config.max_steps)
     if same_plan:

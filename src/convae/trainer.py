@@ -13,8 +13,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +24,7 @@ from torch import Tensor, nn
 from convae import checkpoint, distributed, runtime
 from convae.config import TrainConfig
 from convae.errors import ConvaeError
+from convae.feed import Feed, read_rows, to_device
 from convae.metrics import psnr
 from convae.objectives import objective_for
 from convae.preprocess import Augment, Noise
@@ -111,17 +111,12 @@ class Trainer:
         self.dist = dist or distributed.Dist()
         self.model = prepared.model.to(device)
         sample = prepared.dataset.x_train
-        # The whole training set lives on the device as float32 when it fits comfortably;
-        # else in pinned host memory. Batches are gathered by index either way.
-        self.data_device = device if runtime.fits_on_device(sample.nbytes, device) else torch.device("cpu")
-        with warnings.catch_warnings():  # a memory-mapped array is read-only, and training never writes it
-            warnings.simplefilter("ignore", UserWarning)
-            self.x = torch.as_tensor(sample).to(self.data_device)
-        mapped = not sample.flags.writeable  # pinning would read the whole file into memory
-        if self.data_device != device and device.type == "cuda" and not mapped:
-            self.x = self.x.pin_memory()
+        # On the device, in host memory or streamed from its file (convae.feed); batches by index.
+        self.feed = Feed(sample, device, config.placement, config.workers, self.dist.world)
+        self.data_device = self.feed.index_device
         self.train_idx = torch.as_tensor(prepared.train_idx, device=self.data_device)
         self.val_idx = torch.as_tensor(prepared.val_idx, device=self.data_device)
+        self.test_idx = torch.as_tensor(prepared.test_idx, device=self.data_device)
         self.noise = Noise.parse(config.noise)
         self.augment = Augment.parse(config.augment)
         self.objective = objective_for(config, self.model)
@@ -132,8 +127,9 @@ class Trainer:
         self.batch = min(config.batch_size, n)
         if self.batch % world:
             raise ConvaeError(f"batch size {self.batch} does not split evenly over {world} processes")
+        one_pixel = any(len(s) > 1 and all(d == 1 for d in s[1:]) for s in self.model.shapes)
         speed = runtime.speed_settings(
-            config.channels_last, config.amp, config.compile, device, world, sample.ndim == 4
+            config.channels_last, config.amp, config.compile, device, world, sample.ndim == 4, one_pixel
         )
         self.channels_last, self.amp, self.compile = speed.channels_last, speed.amp, speed.compile
         if self.channels_last:
@@ -214,13 +210,7 @@ class Trainer:
 
     def _rows(self, idx: Tensor) -> Tensor:
         """Samples by index, on the training device, in the data's scale."""
-        return self._on_device(self.x[idx])
-
-    def _on_device(self, raw: Tensor) -> Tensor:
-        # uint8 images travel and stay as bytes (4x less than float32), scaled where they are used,
-        # as data.floats scales them.
-        raw = raw.to(self.device, non_blocking=True)
-        return raw.float().div_(255.0) if raw.dtype == torch.uint8 else raw
+        return self.feed.rows(idx)
 
     def _shard(self, batch: Tensor) -> Tensor:
         """This process's slice of a global batch (all of it in a single process)."""
@@ -270,9 +260,9 @@ class Trainer:
         first_bad = torch.full((), -1, device=self.device, dtype=torch.long)
         started, seen = time.perf_counter(), 0
         steps = min(self.steps_per_epoch, planned_steps(config, self.steps_per_epoch) - self.state.step)
-        for i in range(steps):
-            batch = order[i * self.batch : (i + 1) * self.batch]
-            noisy, clean = self._prepare_batch(self._rows(self._shard(batch)), generator, augment=True)
+        batches = [order[i * self.batch : (i + 1) * self.batch] for i in range(steps)]
+        for i, (batch, raw) in enumerate(zip(batches, self.feed.batches([self._shard(b) for b in batches]))):
+            noisy, clean = self._prepare_batch(raw, generator, augment=True)
             loss, term = self._loss(self.net, noisy, clean, len(batch))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -341,9 +331,12 @@ class Trainer:
         config, state = self.config, self.state
         epoch = state.epoch
         self._check_weights(epoch)
+        changed = self.feed.changed()
+        if changed:
+            raise ConvaeError(f"{changed} during training; stopped in epoch {epoch}{self._last_good()}")
         val_idx = self._val_idx()
-        val = self.validate(self.x[val_idx])
-        val_train_mode = self.validate(self.x[val_idx[:2048]], train_mode=True)
+        val = self.validate(self._chunks(val_idx))
+        val_train_mode = self.validate(self._chunks(val_idx[:2048]), train_mode=True)
         row = {
             "epoch": epoch,
             "step": state.step,
@@ -389,34 +382,43 @@ class Trainer:
         if self.on_epoch is not None:
             self.on_epoch(dict(row))
 
+    def _chunks(self, idx: Tensor, x: Any = None) -> Iterator[Tensor]:
+        """Samples by index (of the training data, or of ``x``) on the device, in validation's batches:
+        1024 samples, fewer for large ones (64x64 RGB: 341), so that validation's activations stay
+        within what a training step needs."""
+        size = max(64, min(1024, 2**22 // max(1, math.prod(self.model.input_shape))))
+        for part in idx.split(size):
+            yield self.feed.rows(part) if x is None else to_device(read_rows(x, part), self.device)
+
     @torch.no_grad()
-    def validate(self, raw: Tensor, train_mode: bool = False) -> dict[str, float]:
-        """Loss in the network's scale, MSE and PSNR in the data's original scale, on raw data."""
-        if len(raw) == 0:
-            return {}
+    def validate(self, batches: Iterable[Tensor], train_mode: bool = False) -> dict[str, float]:
+        """Loss in the network's scale, MSE and PSNR in the data's original scale, on batches of raw data."""
         context = runtime.batch_norm_frozen(self.model) if train_mode else runtime.eval_mode(self.model)
         total_loss = torch.zeros((), device=self.device)
         total_sq = torch.zeros((), device=self.device, dtype=torch.float64)
         # The same corruption every time, so validation losses compare across epochs.
         generator = torch.Generator(device=self.device).manual_seed(0)
+        count = values = 0
         with context:
-            # 1024 samples a batch, fewer for large ones (64x64 RGB: 341), so validation's activations
-            # stay within what a training step needs.
-            for batch in raw.split(max(64, min(1024, 2**22 // max(1, raw[0].numel())))):
-                batch = self._on_device(batch)
+            for batch in batches:
                 noisy, clean = self._prepare_batch(batch, generator)
                 out = self.model(noisy).float()
                 total_loss += self.objective.loss_fn(out, clean) * len(batch)
                 total_sq += ((self.p.normalizer.inverse(out) - batch) ** 2).sum(dtype=torch.float64)
-        mse = float(total_sq) / raw.numel()
-        return {"loss": float(total_loss) / len(raw), "mse": mse, "psnr": psnr(mse, self.p.data_high - self.p.data_low)}
+                count, values = count + len(batch), values + batch.numel()
+        if not count:
+            return {}
+        mse = float(total_sq) / values
+        return {"loss": float(total_loss) / count, "mse": mse, "psnr": psnr(mse, self.p.data_high - self.p.data_low)}
 
     def _val_idx(self) -> Tensor:
         # At most val_samples of the validation split, evenly spread, since a pass over a huge split
         # each epoch could cost more than the epoch. Without a validation split (val_fraction 0) the
         # training data stands in, capped alike: a pass over all of Fashion-MNIST's 60,000 costs a
         # third of the epoch's training on a CPU.
-        idx = self.val_idx if len(self.val_idx) else self.train_idx
+        return self._capped(self.val_idx if len(self.val_idx) else self.train_idx)
+
+    def _capped(self, idx: Tensor) -> Tensor:
         cap = self.config.val_samples
         return idx[:: math.ceil(len(idx) / cap)] if cap and len(idx) > cap else idx
 
@@ -476,10 +478,13 @@ class Trainer:
             return {}
         best = checkpoint.load(self.run_dir / "best.pt", map_location=self.device)
         self.model.load_state_dict(best["model"])
-        final = {f"val_{k}": v for k, v in self.validate(self.x[self._val_idx()]).items()}
-        if self.p.dataset.x_test is not None:
-            test = self.validate(torch.as_tensor(self.p.dataset.x_test))  # moved to the device batch by batch
-            final.update({f"test_{k}": v for k, v in test.items()})
+        final = {f"val_{k}": v for k, v in self.validate(self._chunks(self._val_idx())).items()}
+        x_test = self.p.dataset.x_test
+        if x_test is not None:  # the source's own test split, all of it
+            test = self.validate(self._chunks(torch.arange(len(x_test)), x_test))
+        else:  # the split held out from the training file (none when test_fraction is 0), capped as validation is
+            test = self.validate(self._chunks(self._capped(self.test_idx)))
+        final.update({f"test_{k}": v for k, v in test.items()})
         self.summaries.hparams(self.config.to_dict(), final)
         self.pictures.embedding(self._val_idx()[: self.config.embedding_samples])
         self.summaries.close()

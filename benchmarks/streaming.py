@@ -1,0 +1,156 @@
+"""Data at scale: streamed against resident throughput, time to the first step, memory on huge arrays.
+
+    python3 benchmarks/streaming.py --throughput          # 64x64 RGB .npy: host memory vs streamed, side by side
+    python3 benchmarks/streaming.py --first-step 5000     # a folder of PNGs: first step with and without the cache
+    python3 benchmarks/streaming.py --big 4,40            # sparse .npy files of 4 and 40 GB, --max-steps 40
+    python3 benchmarks/streaming.py --throughput --size 128 --device cuda   # the GPU check (gpu_session.sh)
+
+--throughput trains the same run twice per placement (host, stream, host,
+stream: drift cancels) on a generated uint8 array and prints the median
+images/s of steps 10 onwards, timed between ``on_step`` calls. --first-step
+times `train()` from its call to its first optimizer step on a generated
+folder: once with an empty cache (decoding and writing it), once with the cache
+built. --big writes a sparse file (it costs no disk), runs `convae train` on it
+in a child process with ``--max-steps 40`` and prints the child's peak resident
+memory (ru_maxrss, its DataLoader workers apart; PyTorch alone is 0.3-0.4 GB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+sys.path.insert(0, str(SRC))
+ARCH = "conv(32,3,stride=2) relu conv(64,3,stride=2) relu conv(64,3,stride=2) relu dense(64)"
+
+
+def step_rate(config, skip: int = 10) -> float:
+    """Median images/s of a run's steps after the first ``skip``."""
+    from convae.train import train
+
+    stamps: list[float] = []
+    train(config, on_step=lambda step: stamps.append(time.perf_counter()))
+    gaps = np.diff(stamps[skip:])
+    return config.batch_size / statistics.median(gaps)
+
+
+def throughput(tmp: Path, size: int, samples: int, steps: int, device: str, workers: int) -> None:
+    from convae.config import resolve_config
+
+    path = tmp / "x.npy"
+    rng = np.random.default_rng(0)
+    x = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(samples, 3, size, size))
+    for i in range(0, samples, 1000):
+        x[i : i + 1000] = rng.integers(0, 256, (min(1000, samples - i), 3, size, size), dtype=np.uint8)
+    x.flush()
+    del x
+    rates: dict[str, list[float]] = {"host": [], "stream": []}
+    for turn, placement in enumerate(["host", "stream", "host", "stream"]):
+        config = resolve_config(
+            dict(data=f"npy:{path}", arch=ARCH, epochs=1, max_steps=steps, batch_size=128, device=device)
+            | dict(placement=placement, workers=workers, quiet=True, histograms=False, embedding_samples=0)
+            | dict(val_samples=512, out=str(tmp / f"run{turn}"))
+        )
+        rates[placement].append(step_rate(config))
+    host, stream = max(rates["host"]), max(rates["stream"])
+    print(
+        f"{samples} samples of 3x{size}x{size} uint8 ({samples * 3 * size * size / 2**20:,.0f} MB), {device}, "
+        f"batch 128, {workers} workers, median of steps 10-{steps}, best of two runs each:"
+    )
+    print(
+        f"resident (host memory) {host:,.0f} img/s; streamed from the file {stream:,.0f} img/s "
+        f"({100 * stream / host:.0f} % of resident); all runs: {rates}"
+    )
+
+
+def first_step(tmp: Path, count: int) -> None:
+    from PIL import Image
+
+    from convae.config import resolve_config
+    from convae.train import train
+
+    folder = tmp / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(folder / f"{i:06d}.png")
+    os.environ["CONVAE_CACHE"] = str(tmp / "cache")
+    times = []
+    for turn in ("without a cache", "with the cache"):
+        config = resolve_config(
+            dict(data=f"folder:{folder}", arch=ARCH, max_steps=1, quiet=True, histograms=False)
+            | dict(embedding_samples=0, val_samples=256, out=str(tmp / turn.replace(" ", "-")))
+        )
+        started, stamps = time.perf_counter(), []
+        train(config, on_step=lambda step, stamps=stamps: stamps.append(time.perf_counter()))
+        times.append(stamps[0] - started)
+    print(
+        f"{count} PNGs of 64x64 RGB: time to the first step {times[0]:.1f} s without a cache (decoding and "
+        f"writing it), {times[1]:.1f} s with it ({times[0] / times[1]:.0f}x)"
+    )
+
+
+def big(tmp: Path, gigabytes: float, size: int = 64) -> None:
+    row = 3 * size * size
+    samples = int(gigabytes * 2**30 // row)
+    path = tmp / f"big{gigabytes:g}.npy"
+    x = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(samples, 3, size, size))  # sparse
+    del x
+    command = [sys.executable, "-m", "convae", "train", "--data", f"npy:{path}", "--arch", ARCH, "--max-steps", "40"]
+    command += ["--quiet", "--histograms", "false", "--out", str(tmp / f"run{gigabytes:g}")]
+    # A fresh parent per size, so that its children's peak is this run's alone.
+    report = "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
+    report += "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    started = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-c", report, *command],
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+        capture_output=True,
+        text=True,
+    )
+    seconds = time.perf_counter() - started
+    path.unlink()
+    code, peak = result.stdout.split()
+    if code != "0":
+        sys.exit(f"streaming: training failed: {result.stderr.strip().splitlines()[-1]}")
+    print(
+        f"{gigabytes:g} GB array ({samples:,} samples of 3x{size}x{size} uint8), --max-steps 40: "
+        f"peak RSS {int(peak) / 1024:,.0f} MB (the largest process), {seconds:.0f} s in all"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--throughput", action="store_true", help="host memory against streamed, side by side")
+    parser.add_argument("--size", type=int, default=64, help="--throughput: image side (default 64)")
+    parser.add_argument("--samples", type=int, default=20_000, help="--throughput: array length (default 20,000)")
+    parser.add_argument("--steps", type=int, default=100, help="--throughput: steps a run (default 100)")
+    parser.add_argument("--workers", type=int, default=2, help="--throughput: DataLoader workers (default 2)")
+    parser.add_argument("--device", default="cpu", help="--throughput: cpu or cuda")
+    parser.add_argument("--first-step", type=int, default=0, metavar="N", help="a folder of N PNGs")
+    parser.add_argument("--big", default="", metavar="GB,...", help="sparse arrays of these sizes")
+    parser.add_argument("--tmp", help="where to write the data (default: the system's temporary folder)")
+    args = parser.parse_args()
+    if not (args.throughput or args.first_step or args.big):
+        parser.error("give --throughput, --first-step N or --big GB,...")
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        if args.throughput:
+            throughput(Path(tmp), args.size, args.samples, args.steps, args.device, args.workers)
+        if args.first_step:
+            first_step(Path(tmp), args.first_step)
+        for gb in filter(None, args.big.split(",")):
+            big(Path(tmp), float(gb))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -2,11 +2,11 @@
 
     python3 benchmarks/streaming.py --throughput          # 64x64 RGB .npy: host memory vs streamed, side by side
     python3 benchmarks/streaming.py --first-step 5000     # a folder of PNGs: first step with and without the cache
-    python3 benchmarks/streaming.py --big 4,40            # sparse .npy files of 4 and 40 GB, --max-steps 40
-    python3 benchmarks/streaming.py --throughput --size 128 --device cuda   # the GPU check (gpu_session.sh)
+    python3 benchmarks/streaming.py --big 1,4,40          # sparse .npy files of 1, 4 and 40 GB, --max-steps 40
+    python3 benchmarks/streaming.py --throughput --size 128 --device cuda --resident device  # on a GPU
 
---throughput trains the same run twice per placement (host, stream, host,
-stream: drift cancels) on a generated uint8 array and prints the median
+--throughput trains the same run twice per placement (resident, stream,
+resident, stream: drift cancels; resident is host memory, or the GPU's) on a generated uint8 array and prints the median
 images/s of steps 10 onwards, timed between ``on_step`` calls. --first-step
 times `train()` from its call to its first optimizer step on a generated
 folder: once with an empty cache (decoding and writing it), once with the cache
@@ -20,15 +20,14 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from common import SRC, peak_of
 
-SRC = Path(__file__).resolve().parents[1] / "src"
 sys.path.insert(0, str(SRC))
 ARCH = "conv(32,3,stride=2) relu conv(64,3,stride=2) relu conv(64,3,stride=2) relu dense(64)"
 
@@ -43,7 +42,7 @@ def step_rate(config, skip: int = 10) -> float:
     return config.batch_size / statistics.median(gaps)
 
 
-def throughput(tmp: Path, size: int, samples: int, steps: int, device: str, workers: int) -> None:
+def throughput(tmp: Path, size: int, samples: int, steps: int, device: str, workers: int, resident: str) -> None:
     from convae.config import resolve_config
 
     path = tmp / "x.npy"
@@ -53,21 +52,22 @@ def throughput(tmp: Path, size: int, samples: int, steps: int, device: str, work
         x[i : i + 1000] = rng.integers(0, 256, (min(1000, samples - i), 3, size, size), dtype=np.uint8)
     x.flush()
     del x
-    rates: dict[str, list[float]] = {"host": [], "stream": []}
-    for turn, placement in enumerate(["host", "stream", "host", "stream"]):
+    rates: dict[str, list[float]] = {resident: [], "stream": []}
+    for turn, placement in enumerate([resident, "stream", resident, "stream"]):
         config = resolve_config(
-            dict(data=f"npy:{path}", arch=ARCH, epochs=1, max_steps=steps, batch_size=128, device=device)
+            dict(data=f"npy:{path}", arch=ARCH, epochs=steps, max_steps=steps, batch_size=128, device=device)
             | dict(placement=placement, workers=workers, quiet=True, histograms=False, embedding_samples=0)
             | dict(val_samples=512, out=str(tmp / f"run{turn}"))
         )
         rates[placement].append(step_rate(config))
-    host, stream = max(rates["host"]), max(rates["stream"])
+    host, stream = max(rates[resident]), max(rates["stream"])
     print(
         f"{samples} samples of 3x{size}x{size} uint8 ({samples * 3 * size * size / 2**20:,.0f} MB), {device}, "
-        f"batch 128, {workers} workers, median of steps 10-{steps}, best of two runs each:"
+        f"batch 128, {workers if workers is not None else 'default'} workers, "
+        f"median of steps 10-{steps}, best of two runs each:"
     )
     print(
-        f"resident (host memory) {host:,.0f} img/s; streamed from the file {stream:,.0f} img/s "
+        f"resident ({resident}) {host:,.0f} img/s; streamed from the file {stream:,.0f} img/s "
         f"({100 * stream / host:.0f} % of resident); all runs: {rates}"
     )
 
@@ -99,32 +99,21 @@ def first_step(tmp: Path, count: int) -> None:
     )
 
 
-def big(tmp: Path, gigabytes: float, size: int = 64) -> None:
+def big(tmp: Path, gigabytes: float, placement: str, size: int = 64) -> None:
     row = 3 * size * size
     samples = int(gigabytes * 2**30 // row)
     path = tmp / f"big{gigabytes:g}.npy"
     x = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(samples, 3, size, size))  # sparse
+    some = min(1000, samples)  # random, the rest zeros: a range to scale by
+    x[:some] = np.random.default_rng(0).integers(0, 256, (some, 3, size, size), dtype=np.uint8)
     del x
     command = [sys.executable, "-m", "convae", "train", "--data", f"npy:{path}", "--arch", ARCH, "--max-steps", "40"]
-    command += ["--quiet", "--histograms", "false", "--out", str(tmp / f"run{gigabytes:g}")]
-    # A fresh parent per size, so that its children's peak is this run's alone.
-    report = "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
-    report += "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
-    started = time.perf_counter()
-    result = subprocess.run(
-        [sys.executable, "-c", report, *command],
-        env={**os.environ, "PYTHONPATH": str(SRC)},
-        capture_output=True,
-        text=True,
-    )
-    seconds = time.perf_counter() - started
+    command += ["--placement", placement, "--quiet", "--histograms", "false", "--out", str(tmp / f"run{gigabytes:g}")]
+    peak, seconds, _ = peak_of(command)
     path.unlink()
-    code, peak = result.stdout.split()
-    if code != "0":
-        sys.exit(f"streaming: training failed: {result.stderr.strip().splitlines()[-1]}")
     print(
         f"{gigabytes:g} GB array ({samples:,} samples of 3x{size}x{size} uint8), --max-steps 40: "
-        f"peak RSS {int(peak) / 1024:,.0f} MB (the largest process), {seconds:.0f} s in all"
+        f"placement {placement}: peak RSS {peak:,.0f} MB (the largest process), {seconds:.0f} s in all"
     )
 
 
@@ -134,21 +123,23 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=64, help="--throughput: image side (default 64)")
     parser.add_argument("--samples", type=int, default=20_000, help="--throughput: array length (default 20,000)")
     parser.add_argument("--steps", type=int, default=100, help="--throughput: steps a run (default 100)")
-    parser.add_argument("--workers", type=int, default=2, help="--throughput: DataLoader workers (default 2)")
+    parser.add_argument("--workers", type=int, help="--throughput: DataLoader workers (default: convae's)")
     parser.add_argument("--device", default="cpu", help="--throughput: cpu or cuda")
+    parser.add_argument("--resident", default="host", help="--throughput: host or device (a GPU's memory)")
     parser.add_argument("--first-step", type=int, default=0, metavar="N", help="a folder of N PNGs")
     parser.add_argument("--big", default="", metavar="GB,...", help="sparse arrays of these sizes")
+    parser.add_argument("--placement", default="stream", help="--big: convae's --placement (default stream)")
     parser.add_argument("--tmp", help="where to write the data (default: the system's temporary folder)")
     args = parser.parse_args()
     if not (args.throughput or args.first_step or args.big):
         parser.error("give --throughput, --first-step N or --big GB,...")
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         if args.throughput:
-            throughput(Path(tmp), args.size, args.samples, args.steps, args.device, args.workers)
+            throughput(Path(tmp), args.size, args.samples, args.steps, args.device, args.workers, args.resident)
         if args.first_step:
             first_step(Path(tmp), args.first_step)
         for gb in filter(None, args.big.split(",")):
-            big(Path(tmp), float(gb))
+            big(Path(tmp), float(gb), args.placement)
     return 0
 
 

@@ -55,3 +55,14 @@ def test_quality_finishes_a_stopped_run_and_evaluates_it(tmp_path):
     for args in (["--resume", str(tmp_path / "nothing")], ["--resume", str(tmp_path / "run"), "--epochs", "3"]):
         refused = _run("quality.py", *args)
         assert refused.returncode == 2 and "error:" in refused.stderr and "Traceback" not in refused.stderr, args
+
+
+def test_streaming_compares_placements_and_measures_a_sparse_array(tmp_path):
+    result = _run("streaming.py", "--throughput", "--samples", "400", "--size", "16", "--steps", "14")
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = result.stdout.splitlines()[1]
+    assert "resident (host)" in figures and "streamed from the file" in figures and "% of resident" in figures
+    result = _run("streaming.py", "--big", "0.01", "--tmp", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "0.01 GB array" in result.stdout and "peak RSS" in result.stdout
+    assert list(tmp_path.iterdir()) == []  # the sparse file and its run are gone

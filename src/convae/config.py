@@ -230,8 +230,11 @@ class RuntimeSettings:
         "workers (auto: the device or host memory when it fits, else streamed)",
         choices=PLACEMENTS,
     )
-    workers: int = setting(
-        2, "DataLoader processes reading batches when streaming (0: the training process)", bounds="[0, 64]"
+    workers: int | None = setting(
+        None,
+        "DataLoader processes reading batches when streaming (0: the training process)",
+        bounds="[0, 64]",
+        default_text="a quarter of the CPU cores, 1 to 4",
     )
 
 

@@ -109,7 +109,11 @@ class Feed:
     """A run's training samples in their placement; :meth:`rows` and :meth:`batches` give them on the
     device, in the data's scale."""
 
-    def __init__(self, x: np.ndarray | FileArray, device: torch.device, placement: str, workers: int, world: int = 1):
+    def __init__(
+        self, x: np.ndarray | FileArray, device: torch.device, placement: str, workers: int | None, world: int = 1
+    ):
+        if workers is None:  # reading is light: the cores are for training (2 workers on 2 cores: 90 %, 1: 97 %)
+            workers = min(4, max(1, (os.cpu_count() or 1) // 4))
         self.device = device
         self.source = x
         self.placement = choose_placement(placement, x.nbytes, isinstance(x, FileArray), device, world)

@@ -23,7 +23,9 @@ SSIM_WINDOW = 11  # scikit-image's: 2 * int(3.5 * sigma + 0.5) + 1
 
 def psnr(mse: float, data_range: float) -> float:
     """Peak signal-to-noise ratio in dB of a mean squared error, for data spanning ``data_range``."""
-    return 10 * math.log10(data_range**2 / mse) if mse > 0 else math.inf
+    if mse <= 0:
+        return math.inf
+    return 10 * math.log10(data_range**2 / mse) if data_range > 0 else -math.inf  # constant data: no signal
 
 
 def per_sample_mse(x: np.ndarray, x_hat: np.ndarray) -> np.ndarray:

@@ -384,9 +384,9 @@ class Trainer:
 
     def _chunks(self, idx: Tensor, x: Any = None) -> Iterator[Tensor]:
         """Samples by index (of the training data, or of ``x``) on the device, in validation's batches:
-        1024 samples, fewer for large ones (64x64 RGB: 341), so that validation's activations stay
+        1024 samples, fewer for large ones (64x64 RGB: 170), so that validation's activations stay
         within what a training step needs."""
-        size = max(64, min(1024, 2**22 // max(1, math.prod(self.model.input_shape))))
+        size = max(64, min(1024, 2**21 // max(1, math.prod(self.model.input_shape))))
         for part in idx.split(size):
             yield self.feed.rows(part) if x is None else to_device(read_rows(x, part), self.device)
 

@@ -6,7 +6,7 @@ from convae.run import dataset_split, load
 def test_score_with_anomaly_class(run_dir, tmp_path, capsys):
     result = anomaly.score(run_dir, fpr=0.1, anomaly_class=2, maps_dir=tmp_path / "maps", maps=4)
     assert 0 <= result["roc_auc"] <= 1 and 0 <= result["recall"] <= 1
-    # no test split in the run's data: its validation split (held out from training) is scored
+    # no test split in the run's data: the split held out from it (test_fraction 0.1 of 120) is scored
     assert len(result["scores"]) == 12 and len(list((tmp_path / "maps").iterdir())) == 4
     # The threshold leaves about 10% of the (normal) validation samples above it.
     run = load(run_dir)
@@ -20,3 +20,30 @@ def test_score_with_anomaly_class(run_dir, tmp_path, capsys):
     assert lines[0] == "index,score,flagged,label" and len(lines) == 13
     assert main(["score", str(run_dir), "--anomaly-class", "7"]) == 2
     assert "class 7 does not occur" in capsys.readouterr().err
+
+
+def test_the_one_class_protocol_trains_on_one_class_and_scores_the_others_as_anomalies(tmp_path, capsys):
+    import pytest
+    from helpers import write_npz
+
+    from convae.config import resolve_config
+    from convae.errors import ConvaeError
+    from convae.train import prepare, train
+
+    data = f"npy:{write_npz(tmp_path / 'd.npz', n=150)}"  # labels 0, 1, 2
+    settings = dict(data=data, arch="conv(8,3,stride=2) relu dense(6)", epochs=2, batch_size=16, quiet=True)
+    config = resolve_config({**settings, "normal_class": 1, "out": str(tmp_path / "run")})
+    prepared = prepare(config)
+    y = prepared.dataset.y_train
+    assert (
+        set(y[prepared.train_idx]) == {1} and set(y[prepared.val_idx]) == {1} and set(y[prepared.test_idx]) == {0, 1, 2}
+    )
+    train(config)
+    result = anomaly.score(tmp_path / "run", fpr=0.1)
+    assert result["normal_class"] == 1 and 0 <= result["image_auroc"] == result["roc_auc"] <= 1
+    assert main(["score", str(tmp_path / "run")]) == 0
+    assert "class 1 as normal, the others as anomalies: ROC-AUC" in capsys.readouterr().out
+    with pytest.raises(ConvaeError, match="--normal-class 5 does not occur in d"):
+        prepare(resolve_config({**settings, "normal_class": 5}))
+    with pytest.raises(ConvaeError, match="not both"):
+        resolve_config({**settings, "normal_class": 1, "exclude_classes": [0]}).validate()

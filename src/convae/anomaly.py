@@ -51,7 +51,9 @@ def score(
     maps: int = 32,
 ) -> dict[str, Any]:
     """Anomaly scores on the test split, a threshold at ``fpr`` on the run's validation split, and
-    (with ``anomaly_class``) ROC-AUC and precision/recall at that threshold."""
+    ROC-AUC (``roc_auc``, also ``image_auroc``) and precision/recall at that threshold when it is
+    known which samples are anomalies: those of ``anomaly_class``, or, for a run trained on one
+    class (``normal_class``, the one-class protocol), all the others."""
     from sklearn.metrics import precision_score, recall_score, roc_auc_score
 
     if not 0 < fpr < 1:
@@ -68,6 +70,14 @@ def score(
             raise ConvaeError(f"every scored sample is of class {anomaly_class}: ROC-AUC needs normal samples too")
         if y_val is not None:
             x_val = x_val[y_val != anomaly_class]  # the threshold is set on normal data only
+        truth, described = y == anomaly_class, {"anomaly_class": int(anomaly_class)}
+    elif run.config.normal_class is not None and y is not None:
+        normal = run.config.normal_class
+        if (y == normal).all() or not (y == normal).any():
+            raise ConvaeError(f"the scored data needs samples of class {normal} and of others for ROC-AUC")
+        truth, described = y != normal, {"normal_class": int(normal)}
+    else:
+        truth = None
     val_scores, _ = anomaly_scores(run, x_val, metric)
     # "higher": at most fpr of the validation samples lie above the threshold.
     threshold = float(np.quantile(val_scores, 1 - fpr, method="higher"))
@@ -82,11 +92,12 @@ def score(
         "scores": scores,
         "labels": y,
     }
-    if anomaly_class is not None:
-        truth = y == anomaly_class
+    if truth is not None:
+        auroc = float(roc_auc_score(truth, scores))
         result.update(
-            anomaly_class=int(anomaly_class),
-            roc_auc=float(roc_auc_score(truth, scores)),
+            **described,
+            roc_auc=auroc,
+            image_auroc=auroc,
             precision=float(precision_score(truth, flagged, zero_division=0)),
             recall=float(recall_score(truth, flagged, zero_division=0)),
             false_positive_rate=float(flagged[~truth].mean()),

@@ -234,8 +234,13 @@ def _cmd_score(args: argparse.Namespace) -> int:
         )
         print(f"flagged: {result['flagged']} of {result['samples']}")
         if "roc_auc" in result:
+            which = (
+                f"class {result['anomaly_class']} as anomaly"
+                if "anomaly_class" in result
+                else f"class {result['normal_class']} as normal, the others as anomalies"
+            )
             print(
-                f"class {result['anomaly_class']} as anomaly: ROC-AUC {result['roc_auc']:.4f}, "
+                f"{which}: ROC-AUC {result['roc_auc']:.4f}, "
                 f"precision {result['precision']:.3f}, recall {result['recall']:.3f}"
             )
     return 0

@@ -29,7 +29,7 @@ from convae import presets
 from convae.errors import ConvaeError
 from convae.spec import OUTPUTS, UPSAMPLE
 
-LOSSES = ("mse", "bce", "l1")
+LOSSES = ("mse", "bce", "l1", "ssim", "ssim+l1")
 NORMALIZE = ("none", "unit", "standardize", "zca")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine", "onecycle")
@@ -117,7 +117,7 @@ def parse_compile(text: str) -> bool | str:
 class DataSettings:
     """data: what to train on and how it is prepared"""
 
-    data: str = setting("fashion-mnist", "fashion-mnist, mnist, digits, folder:PATH or npy:PATH")
+    data: str = setting("fashion-mnist", "fashion-mnist, mnist, digits, folder:PATH, npy:PATH or mvtec:PATH")
     data_dir: str | None = setting(None, "where to look for dataset files first")
     channels: int | None = setting(None, "folder images: 1 (grayscale) or 3 (RGB)", choices=(1, 3))
     image_size: list[int] | None = setting(
@@ -155,6 +155,12 @@ class DataSettings:
     exclude_classes: list[int] | None = setting(
         None, "labels left out of training, e.g. 0 or 1,7 (anomaly detection)", parse=parse_int_list, metavar="K,..."
     )
+    normal_class: int | None = setting(
+        None,
+        "one-class protocol: train on this label only; `score` counts every other class as anomalous",
+        bounds="[0, inf)",
+        metavar="K",
+    )
 
 
 @dataclass
@@ -173,7 +179,9 @@ class ModelSettings:
 class ObjectiveSettings:
     """objective: what the loss asks of the network"""
 
-    loss: str = setting("mse", "reconstruction loss", choices=LOSSES)
+    loss: str = setting(
+        "mse", "reconstruction loss (ssim: 1 - SSIM over 11-pixel windows, as Bergmann et al.)", choices=LOSSES
+    )
     # SimCLR's NT-Xent on the codes of two crops of each image, encoded beside the image, not reconstructed.
     contrastive: float = setting(
         0.0, "weight of a contrastive term on the codes of two crops (0: off)", bounds="[0, inf)"
@@ -269,6 +277,14 @@ class TrainConfig(LogSettings, RuntimeSettings, OptimSettings, ObjectiveSettings
             raise ConvaeError(f"compile must be true, false or one of {', '.join(COMPILE_MODES)}, not {self.compile!r}")
         if self.loss == "bce" and self.normalize != "unit":
             raise ConvaeError("loss bce needs data in [0, 1]: use it with normalize unit")
+        if self.normal_class is not None and self.exclude_classes:
+            raise ConvaeError("give --normal-class or --exclude-classes, not both")
+        if self.loss.startswith("ssim") and self.normalize != "unit":
+            raise ConvaeError(f"loss {self.loss} compares images in [0, 1]: use it with normalize unit")
+        if self.loss.startswith("ssim") and self.spatial_dims not in (None, 2):
+            raise ConvaeError(
+                f"loss {self.loss} is for images (2 spatial axes), not --spatial-dims {self.spatial_dims}"
+            )
         from convae.preprocess import Augment, Noise  # torch: only when a run is about to start
 
         Noise.parse(self.noise)

@@ -11,6 +11,8 @@ Independent of the model. Sources for ``--data``:
                     are the labels when every image sits in one; ``train/``
                     and ``test/`` subfolders are the splits.
 ``npy:PATH``        ``.npy`` or ``.npz``: (N, H, W), (N, C, H, W) or (N, H, W, C).
+``mvtec:PATH``      MVTec AD's layout: ``train/good``, ``test/TYPE``, ``ground_truth/TYPE``
+                    masks (:mod:`convae.mvtec`).
 ==================  ===========================================================
 """
 
@@ -46,6 +48,8 @@ class Dataset:
     y_test: np.ndarray | None = None
     classes: list[str] | None = None
     stamp: str | None = None  # identifies the source's contents (files' sizes and times): a resume checks it
+    masks: np.ndarray | None = None  # (N_test, 1, H, W) uint8: where the test split's defects are (mvtec:)
+    test_files: list | None = None  # the test split's files, where it has them (mvtec:)
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -357,7 +361,7 @@ def load_folder(
     return Dataset(f.name, f.x_train, f.y_train, f.x_test, f.y_test, classes=f.classes, stamp=stamp)
 
 
-SOURCES = ("fashion-mnist", "mnist", "digits", "folder:PATH", "npy:PATH")
+SOURCES = ("fashion-mnist", "mnist", "digits", "folder:PATH", "npy:PATH", "mvtec:PATH")
 PYTHON_SOURCE = "python"  # the data of a run trained by convae.fit on an array, a tensor or a Dataset
 
 
@@ -383,6 +387,11 @@ def load(
         return load_folder(path, channels, image_size, cache_dir)
     if sep and kind == "npy":
         return load_npy(path, spatial_dims)
+    if sep and kind == "mvtec":
+        from convae.mvtec import load_mvtec
+
+        m = load_mvtec(path, channels, image_size)
+        return Dataset(m.name, m.x_train, None, m.x_test, m.y_test, m.classes, masks=m.masks, test_files=m.test_files)
     raise ConvaeError(f"unknown dataset '{source}' (known: {', '.join(SOURCES)})")
 
 
@@ -409,7 +418,8 @@ def run_splits(dataset: Dataset, config) -> Splits:
     """A run's splits of its training array (``config``: a TrainConfig).
 
     A source without a test split has one held out first, seeded, from all its samples, so it keeps
-    the classes that ``exclude_classes`` leaves out of training (the anomalies to find). What
+    the classes that ``exclude_classes`` leaves out of training, or all but ``normal_class`` (the
+    anomalies to find). What
     remains, less those classes, is split into training and validation as
     :func:`split_validation` splits it, so without a test split and with no class left out the
     validation split is the one runs have always had.
@@ -422,9 +432,16 @@ def run_splits(dataset: Dataset, config) -> Splits:
         order = np.random.default_rng([config.seed, 7]).permutation(n)  # apart from the seed's other draws
         n_test = min(max(round(n * config.test_fraction), 1), n - 2)
         rest, test = np.sort(order[n_test:]), np.sort(order[:n_test])
+    normal = getattr(config, "normal_class", None)
+    if (excluded or normal is not None) and y is None:
+        raise ConvaeError(f"{dataset.name} has no labels, so no classes can be left out")
+    if normal is not None:
+        if not (y == normal).any():
+            names = f" ({', '.join(dataset.classes)})" if dataset.classes else ""
+            raise ConvaeError(f"--normal-class {normal} does not occur in {dataset.name}{names}")
+        rest = rest[y[rest] == normal]
+        excluded = None
     if excluded:
-        if y is None:
-            raise ConvaeError(f"{dataset.name} has no labels, so no classes can be left out")
         rest = rest[~np.isin(y[rest], list(excluded))]
         if len(rest) < 2:
             raise ConvaeError(f"leaving out classes {list(excluded)} leaves too little training data ({len(rest)})")

@@ -36,14 +36,14 @@ def too_large(path: Path | str) -> str:
     return f"{path}: the image claims more pixels than Pillow's safety limit ({Image.MAX_IMAGE_PIXELS:,}); not read"
 
 
-def _resize_crop(image, size: tuple[int, int]):
-    """Resize so the image covers ``size`` (H, W), then crop the centre."""
+def resize_crop(image, size: tuple[int, int], resample=None):
+    """Resize so the image covers ``size`` (H, W), then crop the centre (bilinear unless ``resample``)."""
     from PIL import Image
 
     h, w = size
     scale = max(h / image.height, w / image.width)
     new = (max(w, round(image.width * scale)), max(h, round(image.height * scale)))
-    image = image.resize(new, Image.Resampling.BILINEAR)
+    image = image.resize(new, Image.Resampling.BILINEAR if resample is None else resample)
     left, top = (image.width - w) // 2, (image.height - h) // 2
     return image.crop((left, top, left + w, top + h))
 
@@ -62,7 +62,7 @@ def _decode(path: Path, mode: str, image_size: Sequence[int] | None) -> np.ndarr
                 img = Image.fromarray((np.asarray(img, dtype=np.float64) / 257.0).round().clip(0, 255).astype(np.uint8))
             img = img.convert(mode)
             if image_size is not None:
-                img = _resize_crop(img, (int(image_size[0]), int(image_size[-1])))
+                img = resize_crop(img, (int(image_size[0]), int(image_size[-1])))
             a = np.asarray(img, dtype=np.uint8)
     except Image.DecompressionBombError:
         raise ConvaeError(too_large(path)) from None

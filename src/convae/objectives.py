@@ -26,13 +26,22 @@ from torch import Tensor, nn
 from convae import distributed
 from convae.config import TrainConfig
 from convae.errors import ConvaeError
+from convae.metrics import ssim
 from convae.model import AutoEncoder
 from convae.preprocess import jitter_brightness_contrast, resized_crops
+
+
+def ssim_loss(out: Tensor, target: Tensor) -> Tensor:
+    """1 - SSIM (11-pixel Gaussian windows, as scikit-image and Bergmann et al.'s AE-SSIM) of images in [0, 1]."""
+    return 1 - ssim(out, target, 1.0).mean()
+
 
 LOSS_FUNCTIONS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "mse": F.mse_loss,
     "l1": F.l1_loss,
     "bce": F.binary_cross_entropy,
+    "ssim": ssim_loss,
+    "ssim+l1": lambda out, target: ssim_loss(out, target) + F.l1_loss(out, target),
 }
 
 

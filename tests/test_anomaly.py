@@ -1,3 +1,5 @@
+import pytest
+
 from convae import anomaly
 from convae.cli import main
 from convae.run import dataset_split, load
@@ -23,7 +25,6 @@ def test_score_with_anomaly_class(run_dir, tmp_path, capsys):
 
 
 def test_the_one_class_protocol_trains_on_one_class_and_scores_the_others_as_anomalies(tmp_path, capsys):
-    import pytest
     from helpers import write_npz
 
     from convae.config import resolve_config
@@ -47,3 +48,66 @@ def test_the_one_class_protocol_trains_on_one_class_and_scores_the_others_as_ano
         prepare(resolve_config({**settings, "normal_class": 5}))
     with pytest.raises(ConvaeError, match="not both"):
         resolve_config({**settings, "normal_class": 1, "exclude_classes": [0]}).validate()
+
+
+def test_aupro_is_exact_against_a_threshold_sweep():
+    import numpy as np
+    from skimage.measure import label
+
+    from convae.metrics import aupro
+
+    rng = np.random.default_rng(0)
+    masks = np.zeros((6, 12, 12), bool)
+    masks[0, 2:5, 2:5] = masks[0, 8:10, 7:11] = masks[3, 5:9, 1:3] = True  # three regions, two images
+    maps = rng.random(masks.shape) + 0.7 * masks
+    regions = [(label(m, connectivity=2), i) for i, m in enumerate(masks)]
+    points = [(0.0, 0.0)]
+    for t in np.sort(np.unique(maps))[::-1]:  # every distinct value as a threshold
+        flagged = maps >= t
+        fpr = (flagged & ~masks).sum() / (~masks).sum()
+        pro = np.mean([flagged[i][lab == r].mean() for lab, i in regions for r in range(1, lab.max() + 1)])
+        points.append((fpr, pro))
+    fprs, pros = np.array(points).T
+    keep = fprs <= 0.3
+    x = np.r_[fprs[keep], 0.3]
+    y = np.r_[pros[keep], np.interp(0.3, fprs, pros)]
+    assert aupro(masks, maps) == pytest.approx(np.trapezoid(y, x) / 0.3, rel=1e-9)
+    assert aupro(masks, masks.astype(float)) == pytest.approx(1.0)
+
+
+def test_scoring_an_inspection_run_gives_image_and_pixel_figures_per_defect_type(tmp_path, capsys):
+    import json
+
+    from convae.synthetic import inspection_set
+
+    root = inspection_set(tmp_path / "set", normal=24, test_normal=4, per_defect=3, size=32)
+    out = tmp_path / "run"
+    arch = "conv(8,3,stride=2) relu conv(8,3,stride=2) relu"
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                f"mvtec:{root}",
+                "--arch",
+                arch,
+                "--epochs",
+                "2",
+                "--batch-size",
+                "8",
+                "--loss",
+                "ssim",
+                "--quiet",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert main(["score", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    for key in ("image_auroc", "pixel_auroc", "aupro"):
+        assert 0 <= result[key] <= 1, key
+    assert set(result["per_type"]) == {"hole", "scratch", "stain"} and result["samples"] == 13
+    assert set(result["per_type"]["hole"]) == {"image_auroc", "pixel_auroc", "aupro"}

@@ -230,19 +230,23 @@ def _cmd_score(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
     else:
         print(
-            f"threshold ({args.metric}, {args.fpr:.0%} false positives on validation data): {result['threshold']:.6g}"
+            f"threshold ({result['metric']}, {args.fpr:.0%} false positives on validation data): "
+            f"{result['threshold']:.6g}"
         )
         print(f"flagged: {result['flagged']} of {result['samples']}")
         if "roc_auc" in result:
-            which = (
-                f"class {result['anomaly_class']} as anomaly"
-                if "anomaly_class" in result
-                else f"class {result['normal_class']} as normal, the others as anomalies"
-            )
+            if "anomaly_class" in result:
+                which = f"class {result['anomaly_class']} as anomaly"
+            elif "normal_class" in result:
+                which = f"class {result['normal_class']} as normal, the others as anomalies"
+            else:
+                which = f"{result['normal']} against the defects"
             print(
                 f"{which}: ROC-AUC {result['roc_auc']:.4f}, "
                 f"precision {result['precision']:.3f}, recall {result['recall']:.3f}"
             )
+        if "aupro" in result:
+            print(f"pixels: ROC-AUC {result['pixel_auroc']:.4f}, AUPRO (to 30 % FPR) {result['aupro']:.4f}")
     return 0
 
 
@@ -377,7 +381,12 @@ def make_parser() -> argparse.ArgumentParser:
         "validation data for a false-positive rate; with --anomaly-class, report ROC-AUC and precision/recall.",
     )
     p.add_argument("--data", help="dataset to score (default: the run's test split)")
-    p.add_argument("--metric", default="mse", choices=("mse", "l1", "ssim"), help="per-sample error (default: mse)")
+    p.add_argument(
+        "--metric",
+        choices=("mse", "l1", "ssim", "max"),
+        help="image score: mean error, 1 - SSIM, or the max of the smoothed error map "
+        "(default: max for data with defect masks, else mse)",
+    )
     p.add_argument("--fpr", type=float, default=0.05, help="false-positive rate on validation data (default: 0.05)")
     p.add_argument("--anomaly-class", type=int, help="label counted as anomalous (for ROC-AUC)")
     p.add_argument("--out", help="CSV of per-sample scores")

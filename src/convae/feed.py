@@ -140,7 +140,7 @@ class Feed:
     def _resident(x: np.ndarray | FileArray, where: torch.device) -> Tensor:
         if isinstance(x, np.ndarray) and x.flags.writeable:
             return torch.from_numpy(x).to(where)
-        out = torch.empty(tuple(x.shape), dtype=torch.from_numpy(x[:1]).dtype, device=where)
+        out = torch.empty(tuple(x.shape), dtype=torch.from_numpy(np.array(x[:1])).dtype, device=where)
         rows = np.arange(len(x))
         step = max(1, 2**26 // max(x[:1].nbytes, 1))
         for i in range(0, len(x), step):  # 64 MB at a time: no second whole copy on the way

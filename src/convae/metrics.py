@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from convae.errors import ConvaeError
+
 SSIM_SIGMA = 1.5
 SSIM_WINDOW = 11  # scikit-image's: 2 * int(3.5 * sigma + 0.5) + 1
 
@@ -75,3 +77,40 @@ def per_sample_ssim(x: np.ndarray, x_hat: np.ndarray, data_range: float, chunk: 
         b = torch.as_tensor(x_hat[i : i + chunk], dtype=torch.float32)
         out.append(ssim(a, b, data_range).double().numpy())
     return np.concatenate(out)
+
+
+def aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3) -> float:
+    """Area under the per-region-overlap curve up to ``fpr_limit`` false-positive rate, over
+    ``fpr_limit`` (1 is perfect; a random map scores about ``fpr_limit / 2``), as MVTec AD defines it.
+
+    ``masks`` (N, H, W) are the defects (non-zero), ``maps`` the anomaly maps. Each connected
+    defect region (8-connectivity) counts once, whatever its size: at a threshold, PRO is the
+    mean over regions of the share of each flagged; FPR the share of normal pixels flagged. The
+    curve is exact at every distinct map value (no sampled thresholds).
+    """
+    from skimage.measure import label
+
+    masks = masks.astype(bool)
+    regions = np.zeros(masks.shape, np.int64)
+    count = 0
+    for i, mask in enumerate(masks):
+        lab = label(mask, connectivity=2)
+        regions[i][lab > 0] = lab[lab > 0] + count
+        count += int(lab.max())
+    if count == 0 or masks.all():
+        raise ConvaeError("AUPRO needs defect regions and normal pixels")
+    order = np.argsort(-maps.ravel(), kind="stable")  # the threshold falls from the highest value
+    values, region, normal = maps.ravel()[order], regions.ravel()[order], ~masks.ravel()[order]
+    size = np.bincount(regions.ravel(), minlength=count + 1)
+    weight = np.zeros(len(region))
+    inside = region > 0
+    weight[inside] = 1.0 / (size[region[inside]] * count)
+    fpr, pro = np.cumsum(normal) / normal.sum(), np.cumsum(weight)
+    last = np.r_[np.flatnonzero(np.diff(values)), len(values) - 1]  # ties: one point per distinct value
+    fpr, pro = np.r_[0.0, fpr[last]], np.r_[0.0, pro[last]]
+    cut = int(np.searchsorted(fpr, fpr_limit, side="right"))
+    x, y = fpr[:cut], pro[:cut]
+    if cut < len(fpr):  # the curve at the limit, between the points either side
+        x = np.r_[x, fpr_limit]
+        y = np.r_[y, np.interp(fpr_limit, fpr[cut - 1 : cut + 1], pro[cut - 1 : cut + 1])]
+    return float(np.trapezoid(y, x) / fpr_limit)

@@ -45,3 +45,33 @@ def test_mvtec_layout_mistakes_are_one_line_naming_the_file(tmp_path):
         data.load(f"mvtec:{root}")
     with pytest.raises(ConvaeError, match=r"no images in train/good"):
         data.load(f"mvtec:{tmp_path}")
+
+
+def test_scoring_an_inspection_run_without_defective_test_images_is_one_line(tmp_path, capsys):
+    from convae.cli import main
+
+    root = inspection_set(tmp_path / "set", normal=8, test_normal=2, per_defect=0, size=16, kinds=())
+    out = tmp_path / "run"
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                f"mvtec:{root}",
+                "--arch",
+                "conv(4,3,stride=2) relu",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "4",
+                "--quiet",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert main(["score", str(out), "--summary", str(tmp_path / "s.json")]) == 2
+    err = capsys.readouterr().err
+    assert "needs good and defective images" in err and err.count("\n") == 1 and not (tmp_path / "s.json").exists()

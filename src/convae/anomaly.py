@@ -112,6 +112,8 @@ def score(
         truth, described = y == anomaly_class, {"anomaly_class": int(anomaly_class)}
     elif masks is not None:  # MVTec AD's layout: label 0 is good, the others defect types
         truth, described = y != 0, {"normal": scored.classes[0]}
+        if truth.all() or not truth.any():
+            raise ConvaeError(f"{scored.name}: the test split needs good and defective images for ROC-AUC")
     elif run.config.normal_class is not None and y is not None:
         normal = run.config.normal_class
         if (y == normal).all() or not (y == normal).any():

@@ -432,7 +432,7 @@ def run_splits(dataset: Dataset, config) -> Splits:
         order = np.random.default_rng([config.seed, 7]).permutation(n)  # apart from the seed's other draws
         n_test = min(max(round(n * config.test_fraction), 1), n - 2)
         rest, test = np.sort(order[n_test:]), np.sort(order[:n_test])
-    normal = getattr(config, "normal_class", None)
+    normal = config.normal_class
     if (excluded or normal is not None) and y is None:
         raise ConvaeError(f"{dataset.name} has no labels, so no classes can be left out")
     if normal is not None:

@@ -42,3 +42,14 @@ def write_npz(path: Path, n: int = 96, size: int = 8, channels: int = 1) -> Path
     x = blobs(n, size, channels)
     np.savez(path, x=x[:, 0] if channels == 1 else x.transpose(0, 2, 3, 1), y=np.arange(n) % 3)
     return path
+
+
+def train_inspection_run(tmp_path: Path, arch: str, *flags: str, **layout) -> Path:
+    """A run trained through the CLI on a synthetic inspection set (convae.synthetic) below ``tmp_path``."""
+    from convae.cli import main
+    from convae.synthetic import inspection_set
+
+    root = inspection_set(tmp_path / "set", **layout)
+    out = tmp_path / "run"
+    assert main(["train", "--data", f"mvtec:{root}", "--arch", arch, "--quiet", "--out", str(out), *flags]) == 0
+    return out

@@ -78,32 +78,11 @@ def test_aupro_is_exact_against_a_threshold_sweep():
 def test_scoring_an_inspection_run_gives_image_and_pixel_figures_per_defect_type(tmp_path, capsys):
     import json
 
-    from convae.synthetic import inspection_set
+    from helpers import train_inspection_run
 
-    root = inspection_set(tmp_path / "set", normal=24, test_normal=4, per_defect=3, size=32)
-    out = tmp_path / "run"
     arch = "conv(8,3,stride=2) relu conv(8,3,stride=2) relu"
-    assert (
-        main(
-            [
-                "train",
-                "--data",
-                f"mvtec:{root}",
-                "--arch",
-                arch,
-                "--epochs",
-                "2",
-                "--batch-size",
-                "8",
-                "--loss",
-                "ssim",
-                "--quiet",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    layout = dict(normal=24, test_normal=4, per_defect=3, size=32)
+    out = train_inspection_run(tmp_path, arch, "--epochs", "2", "--batch-size", "8", "--loss", "ssim", **layout)
     capsys.readouterr()
     assert main(["score", str(out), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)

@@ -48,29 +48,12 @@ def test_mvtec_layout_mistakes_are_one_line_naming_the_file(tmp_path):
 
 
 def test_scoring_an_inspection_run_without_defective_test_images_is_one_line(tmp_path, capsys):
+    from helpers import train_inspection_run
+
     from convae.cli import main
 
-    root = inspection_set(tmp_path / "set", normal=8, test_normal=2, per_defect=0, size=16, kinds=())
-    out = tmp_path / "run"
-    assert (
-        main(
-            [
-                "train",
-                "--data",
-                f"mvtec:{root}",
-                "--arch",
-                "conv(4,3,stride=2) relu",
-                "--epochs",
-                "1",
-                "--batch-size",
-                "4",
-                "--quiet",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    layout = dict(normal=8, test_normal=2, per_defect=0, size=16, kinds=())
+    out = train_inspection_run(tmp_path, "conv(4,3,stride=2) relu", "--epochs", "1", "--batch-size", "4", **layout)
     capsys.readouterr()
     assert main(["score", str(out), "--summary", str(tmp_path / "s.json")]) == 2
     err = capsys.readouterr().err

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from convae.errors import ConvaeError
-from convae.images import Folder, Listing, decode_all, folder_of, image_mode, list_folder, read_folder
+from convae.images import Folder, Listing, decode_all, folder_of, image_mode, list_folder, read_listing
 from convae.rows import FileArray
 
 VERSION = 1  # of the cache's layout and decoding; a change makes new keys
@@ -55,7 +55,7 @@ def load_folder(
     stamp = stamp_of(manifest)
     root = cache_root(cache_dir)
     if root is None:
-        return read_folder(path, channels, image_size), stamp
+        return read_listing(listing, channels, image_size), stamp
     asked = {"folder": str(listing.root.resolve()), "channels": channels, "image_size": image_size, "v": VERSION}
     where = root / "folders" / hashlib.sha256(json.dumps(asked).encode()).hexdigest()[:16]
     try:

@@ -138,13 +138,13 @@ class Feed:
 
     @staticmethod
     def _resident(x: np.ndarray | FileArray, where: torch.device) -> Tensor:
-        if isinstance(x, np.ndarray) and x.flags.writeable:
-            return torch.from_numpy(x).to(where)
-        out = torch.empty(tuple(x.shape), dtype=torch.from_numpy(np.array(x[:1])).dtype, device=where)
-        rows = np.arange(len(x))
-        step = max(1, 2**26 // max(x[:1].nbytes, 1))
-        for i in range(0, len(x), step):  # 64 MB at a time: no second whole copy on the way
-            out[i : i + step] = torch.from_numpy(np.ascontiguousarray(x[rows[i : i + step]]))
+        if isinstance(x, np.ndarray):  # in memory already (a read-only buffer is copied: torch writes)
+            return torch.from_numpy(x if x.flags.writeable else x.copy()).to(where)
+        out = torch.empty(tuple(x.shape), dtype=torch.from_numpy(x[:1]).dtype, device=where)
+        done = 0
+        for block in x.blocks():  # 64 MB at a time: no second whole copy on the way
+            out[done : done + len(block)] = torch.from_numpy(block)
+            done += len(block)
         return out
 
     def rows(self, idx: np.ndarray | Tensor) -> Tensor:

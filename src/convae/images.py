@@ -182,9 +182,8 @@ def image_mode(listing: Listing, channels: int | None, image_size: Sequence[int]
     return "L" if channels == 1 else "RGB"
 
 
-def read_folder(path: str, channels: int | None = None, image_size: Sequence[int] | None = None) -> Folder:
-    """A folder's images decoded into memory (see :func:`list_folder` for splits and labels)."""
-    listing = list_folder(path)
+def read_listing(listing: Listing, channels: int | None = None, image_size: Sequence[int] | None = None) -> Folder:
+    """A folder's images, as :func:`list_folder` found them, decoded into memory."""
     mode = image_mode(listing, channels, image_size)
     return folder_of(listing, [decode_all(files, mode, image_size) for files in listing.groups])
 

@@ -66,8 +66,8 @@ class FileArray:
     def __getitem__(self, key) -> np.ndarray:
         if isinstance(key, (int, np.integer)):
             return self.read(np.array([key]))[0]
-        if isinstance(key, slice):
-            return self.read(np.arange(len(self))[key])
+        if isinstance(key, slice):  # x[:1] must not build an index of every row
+            return self.read(np.arange(*key.indices(len(self))))
         key = np.asarray(key)
         if key.dtype == bool:
             key = np.flatnonzero(key)

@@ -8,10 +8,11 @@
 # 1. throughput.py with convae's defaults (issue 5's table: 3 archs, batch 128 and 1024);
 # 2. a profile of the keras model's compiled step at batch 128 (short of 2x there);
 # 3. streamed against resident training at 128x128 RGB (issue 35: streamed at least 90 % of resident),
+#    scoring speed at 128x128 and for a 1024x1024 image by sliding windows (issue 36),
 #    and the test suite with CUDA as the default device.
 # Output: $OUT/summary.txt (also printed) and $OUT/results.tgz (logs, metrics, final.json).
 # On an H200 (2026-11-27): step 1 took 53 s eager with 2 repeats (each compiled measurement now
-# adds about 15 s, hence 1 repeat). Step 3 is untried on a GPU (written 2026-12-02; no GPU lent since).
+# adds about 15 s, hence 1 repeat). Step 3 and the scoring speed are untried on a GPU (written 2026-12-02; no GPU lent since).
 set -u
 OUT=${OUT:-runs/gpu-session}
 BUDGET=${BUDGET:-530} # seconds for the whole script
@@ -29,8 +30,10 @@ cap() { # the smaller of a step's own cap and what the deadline leaves (minus pa
 
 if [ -n "${TINY:-}" ]; then
     TP=(--samples 2048 --epochs 2 --repeats 1 --archs keras) ST=(--samples 1000 --steps 30 --size 32)
+    SC=(--batch 4 --batches 1 --large 256)
 else
     TP=(--samples 30720 --epochs 2 --repeats 1) ST=(--samples 20000 --steps 300 --size 128)
+    SC=(--batch 256 --batches 10 --large 1024)
 fi
 DEVICE=$(python3 -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
 RESIDENT=$([ "$DEVICE" = cuda ] && echo device || echo host)
@@ -53,6 +56,8 @@ head -4 "$WORK/profile-keras.txt"
 echo "== 3. streamed against resident, 128x128 RGB ($(left) s left)"
 timeout "$(cap 150)" python3 benchmarks/streaming.py --throughput "${ST[@]}" --device "$DEVICE" \
     --resident "$RESIDENT" 2>&1 | tee "$WORK/streaming.txt"
+echo "== 3b. scoring speed, the inspection preset ($(left) s left)"
+timeout "$(cap 60)" python3 benchmarks/scoring_speed.py "${SC[@]}" --device "$DEVICE" 2>&1 | tee "$WORK/scoring.txt"
 echo "== 4. the tests, CUDA the default device ($(left) s left)"
 OMP_NUM_THREADS=4 timeout "$(cap 300)" python3 -m pytest -q -p no:cacheprovider >"$WORK/pytest.txt" 2>&1
 
@@ -66,6 +71,8 @@ OMP_NUM_THREADS=4 timeout "$(cap 300)" python3 -m pytest -q -p no:cacheprovider 
     head -25 "$WORK/profile-keras.txt" | cut -c1-160
     echo "== streamed against resident"
     tail -2 "$WORK/streaming.txt"
+    echo "== scoring speed"
+    tail -1 "$WORK/scoring.txt"
     echo "== tests on the GPU"
     tail -15 "$WORK/pytest.txt"
     echo "== $((SECONDS - START)) s in all"

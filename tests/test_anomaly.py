@@ -44,6 +44,13 @@ def test_the_one_class_protocol_trains_on_one_class_and_scores_the_others_as_ano
     assert result["normal_class"] == 1 and 0 <= result["image_auroc"] == result["roc_auc"] <= 1
     assert main(["score", str(tmp_path / "run")]) == 0
     assert "class 1 as normal, the others as anomalies: ROC-AUC" in capsys.readouterr().out
+    by_codes = anomaly.score(tmp_path / "run", metric="knn", fpr=0.1)
+    assert by_codes["metric"] == "knn" and 0 <= by_codes["image_auroc"] <= 1 and by_codes["threshold"] > 0
+    both = anomaly.score(tmp_path / "run", metric="mse+knn", fpr=0.1)
+    run = load(tmp_path / "run")
+    x_val, _, _ = dataset_split(run, None, "val")
+    combined, _ = anomaly.anomaly_scores(run, x_val, "mse+knn")
+    assert abs(combined.mean()) < 1e-6 and 0 <= both["image_auroc"] <= 1  # each part standardised on these
     with pytest.raises(ConvaeError, match="--normal-class 5 does not occur in d"):
         prepare(resolve_config({**settings, "normal_class": 5}))
     with pytest.raises(ConvaeError, match="not both"):
@@ -90,3 +97,68 @@ def test_scoring_an_inspection_run_gives_image_and_pixel_figures_per_defect_type
         assert 0 <= result[key] <= 1, key
     assert set(result["per_type"]) == {"hole", "scratch", "stain"} and result["samples"] == 13
     assert set(result["per_type"]["hole"]) == {"image_auroc", "pixel_auroc", "aupro"}
+    csv_path, maps = tmp_path / "scores.csv", tmp_path / "maps"
+    assert main(["score", str(out), "--out", str(csv_path), "--maps", str(maps)]) == 0
+    lines = csv_path.read_text().splitlines()
+    assert lines[0] == "index,score,flagged,label,file" and len(lines) == 14
+    assert all(line.split(",")[4].endswith(".png") and "/test/" in line for line in lines[1:])
+    # The overlays are named by rank, the highest score first: input | map | mask, side by side.
+    from PIL import Image
+
+    pictures = sorted(maps.iterdir())
+    assert len(pictures) == 13 and pictures[0].name.startswith("001_")
+    best = max(lines[1:], key=lambda line: float(line.split(",")[1])).split(",")[4]
+    assert pictures[0].name == f"001_{best.split('/')[-2]}_{best.split('/')[-1]}"
+    with Image.open(pictures[0]) as img:
+        assert img.size == (3 * 32 + 4, 32) and img.mode == "RGB"
+    thresholds = json.loads((out / "thresholds.json").read_text())
+    assert thresholds["max fpr=0.05"]["threshold"] == result["threshold"]
+
+
+def test_a_run_trained_on_patches_scores_whole_images_by_sliding_windows(tmp_path, capsys):
+    import json
+
+    from helpers import train_inspection_run
+
+    arch = "conv(8,3,stride=2) relu dense(8)"  # a dense layer: the model takes 16x16 patches only
+    layout = dict(normal=12, test_normal=3, per_defect=2, size=40)
+    out = train_inspection_run(tmp_path, arch, "--epochs", "1", "--batch-size", "8", "--crop", "16", **layout)
+    run = load(out)
+    assert run.model.input_shape == (3, 16, 16) or run.model.input_shape == (1, 16, 16)
+    x, _, _ = dataset_split(run, None, "test")
+    assert x.shape[2:] == (40, 40) and run.reconstruct(x[:2]).shape == x[:2].shape
+    scores, maps = anomaly.anomaly_scores(run, x, "max")
+    assert maps.shape == (len(x), 40, 40) and scores.shape == (len(x),)
+    capsys.readouterr()
+    assert main(["score", str(out), "--json"]) == 0
+    assert 0 <= json.loads(capsys.readouterr().out)["pixel_auroc"] <= 1
+    # Codes are of patches: what needs codes of whole images says so in one line.
+    for command in (["eval", str(out)], ["encode", str(out), "--out", str(tmp_path / "c.npy")]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert "16-pixel patches (--crop)" in err and err.count("\n") == 1
+    assert main(["train", "--data", f"mvtec:{tmp_path / 'set'}", "--crop", "41", "--out", str(tmp_path / "r2")]) == 2
+    err = capsys.readouterr().err
+    assert "--crop 41 is larger than the samples" in err and err.count("\n") == 1
+    assert not (tmp_path / "r2").exists()
+
+
+def test_scoring_data_of_another_channel_count_is_one_line(run_dir, tmp_path, capsys):
+    import numpy as np
+
+    np.save(tmp_path / "rgb.npy", np.random.default_rng(0).random((6, 3, 8, 8), dtype=np.float32))
+    assert main(["score", str(run_dir), "--data", f"npy:{tmp_path / 'rgb.npy'}", "--out", str(tmp_path / "s.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "rgb.npy: samples have 3 channel(s), the run's model takes 1" in err and err.count("\n") == 1
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_code_distances_are_the_mean_distance_to_the_nearest_reference_codes():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    reference, codes = rng.normal(size=(50, 4)), rng.normal(size=(7, 4))
+    distances = np.linalg.norm(codes[:, None] - reference[None], axis=2)
+    want = np.sort(distances, axis=1)[:, :5].mean(1)
+    assert np.allclose(anomaly.code_distances(codes, reference), want, atol=1e-5)
+    assert np.allclose(anomaly.code_distances(reference[:3], reference, k=1), 0, atol=1e-5)

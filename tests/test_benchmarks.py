@@ -66,3 +66,20 @@ def test_streaming_compares_placements_and_measures_a_sparse_array(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "0.01 GB array" in result.stdout and "peak RSS" in result.stdout
     assert list(tmp_path.iterdir()) == []  # the sparse file and its run are gone
+
+
+def test_scoring_speed_times_whole_images_and_a_large_one_by_windows():
+    result = _run(
+        "scoring_speed.py", "--arch", "small", "--size", "16", "--batch", "2", "--batches", "1", "--large", "40"
+    )
+    assert result.returncode == 0, result.stderr
+    row = json.loads(result.stdout)
+    assert row["images_per_s"] > 0 and row["seconds_per_large_image"] > 0 and row["windows"] == 16
+
+
+def test_inspection_trains_and_reports_image_and_pixel_figures_per_type():
+    result = _run("inspection.py", "--epochs", "1", "--size", "32")
+    assert result.returncode == 0, result.stderr
+    row = json.loads(result.stdout)
+    assert row["arch"] == "inspection" and set(row["per_type"]) == {"hole", "scratch", "stain"}
+    assert all(0 <= row[k] <= 1 for k in ("image_auroc", "pixel_auroc", "aupro"))

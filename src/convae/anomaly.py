@@ -1,57 +1,117 @@
-"""Anomaly scoring: how badly a trained run reconstructs each sample, and a threshold for flagging.
+"""Anomaly scoring of a run's test data: scores, a threshold for flagging, and how well they separate.
 
-The threshold is set on the run's validation split (normal data) for a chosen
-false-positive rate; with a labelled anomalous class, ROC-AUC and
-precision/recall at that threshold say how well the score separates it.
+The scores and maps come from :mod:`convae.scoring`. The threshold is set on
+the run's validation split (normal data) for a chosen false-positive rate and
+recorded with the run; with known anomalies (a labelled class, the one-class
+protocol, or MVTec AD's defect types and masks) ROC-AUC, precision/recall at
+the threshold, and with masks pixel ROC-AUC and AUPRO say how well they work.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from convae.checkpoint import make_folder
+from convae.checkpoint import make_folder, write_json
+from convae.config import SCORE_METRICS
+from convae.data import Dataset
 from convae.errors import ConvaeError
-from convae.metrics import aupro, per_sample_l1, per_sample_mse, per_sample_ssim
-from convae.reports import save_png, to_png
-from convae.run import Run, as_run, dataset_split
-
-SCORE_METRICS = ("mse", "l1", "ssim", "max")  # max: the highest value of the smoothed residual map
+from convae.metrics import aupro
+from convae.reports import heat_overlay, save_png
+from convae.run import Run, as_run, dataset_split, load_dataset, split_files
+from convae.scoring import batch_for, score_batches
 
 
 def anomaly_scores(run: Run, x: np.ndarray, metric: str = "mse") -> tuple[np.ndarray, np.ndarray]:
-    """(per-sample score, per-pixel squared error) of reconstructing ``x``; higher means more anomalous."""
+    """(per-sample score, per-pixel anomaly map) of reconstructing ``x``; higher means more anomalous.
+
+    The maps are (N, *spatial): the squared residual averaged over channels, smoothed for images
+    (:mod:`convae.scoring`, which the exported scorer runs too). ``knn`` scores a sample by the mean
+    distance of its code to the :data:`KNN` nearest codes of the run's training samples; ``mse+knn``
+    the sum of the two, each standardised by its mean and spread on the run's validation samples."""
     if metric not in SCORE_METRICS:
         raise ConvaeError(f"metric must be one of {', '.join(SCORE_METRICS)}, not {metric!r}")
     if len(x) == 0:
         raise ConvaeError("the dataset holds no samples")
-    x_hat = run.reconstruct(x)
-    err = (x_hat - x) ** 2
-    if metric == "mse":
-        scores = per_sample_mse(x, x_hat)
-    elif metric == "l1":
-        scores = per_sample_l1(x, x_hat)
-    else:
-        if x.ndim != 4:
-            raise ConvaeError(f"the {metric} score needs 2-D images")
-        if metric == "max":  # a defect is local: its peak stands out where the image's mean does not
-            scores = pixel_maps(err).reshape(len(x), -1).max(1)
-        else:
-            scores = 1 - per_sample_ssim(x, x_hat, float(x.max() - x.min()) or 1.0)
-    return scores.astype(np.float64), err
+    scorer = run.scorer("mse" if "knn" in metric else metric)
+    scores, maps = score_batches(scorer, torch.as_tensor(x), batch_for(x.shape[1:]), run.device)
+    if "knn" not in metric:
+        return scores.numpy(), maps.numpy()
+    distances = code_distances(run.encode(x).reshape(len(x), -1), training_codes(run))
+    if metric == "knn":
+        return distances, maps.numpy()
+    # Each score in units of its spread on normal data (the validation split), so that neither dominates.
+    (mse_mean, mse_std), (knn_mean, knn_std) = validation_stats(run)
+    return (scores.numpy() - mse_mean) / mse_std + (distances - knn_mean) / knn_std, maps.numpy()
 
 
-SMOOTHING = 4.0  # pixels: the Gaussian that smooths a residual map before it is scored
+KNN = 5  # neighbours of a code-distance score
+REFERENCE_CODES = 20_000  # training samples whose codes a knn score compares with, at most (evenly spread)
 
 
-def pixel_maps(err: np.ndarray, sigma: float = SMOOTHING) -> np.ndarray:
-    """Per-pixel anomaly maps (N, H, W): the squared residual, averaged over channels, smoothed by a
-    Gaussian of ``sigma`` pixels (single-pixel noise in the reconstruction is not a defect)."""
-    from scipy.ndimage import gaussian_filter
+def training_codes(run: Run) -> np.ndarray:
+    """The codes of (at most :data:`REFERENCE_CODES` of) the run's training samples, computed once per run."""
+    if "training_codes" not in run.memo:
+        x, _, _ = dataset_split(run, None, "train")
+        x = x[:: max(1, -(-len(x) // REFERENCE_CODES))]
+        run.memo["training_codes"] = run.encode(x).reshape(len(x), -1)
+    return run.memo["training_codes"]
 
-    return gaussian_filter(err.mean(1), sigma=(0, sigma, sigma), mode="nearest")
+
+def validation_stats(run: Run) -> list[tuple[float, float]]:
+    """(mean, standard deviation) of the mse and knn scores of the run's validation samples, computed once."""
+    if "validation_stats" not in run.memo:
+        x_val, _, _ = dataset_split(run, None, "val")
+        parts = (anomaly_scores(run, x_val, m)[0] for m in ("mse", "knn"))
+        run.memo["validation_stats"] = [(float(s.mean()), float(s.std()) or 1.0) for s in parts]
+    return run.memo["validation_stats"]
+
+
+def code_distances(codes: np.ndarray, reference: np.ndarray, k: int = KNN) -> np.ndarray:
+    """Mean Euclidean distance of each code to its ``k`` nearest reference codes."""
+    ref = torch.as_tensor(reference, dtype=torch.float32)
+    k = min(k, len(ref))
+    out = []
+    for part in torch.as_tensor(codes, dtype=torch.float32).split(1024):
+        exact = torch.cdist(part, ref, compute_mode="donot_use_mm_for_euclid_dist")  # the mm form: 1e-3 off at 0
+        out.append(exact.topk(k, largest=False).values.mean(1).double())
+    return torch.cat(out).numpy()
+
+
+def set_threshold(
+    run: Run, metric: str, fpr: float, exclude_class: int | None = None, dataset: Dataset | None = None
+) -> float:
+    """The score above which at most ``fpr`` of the run's validation samples (normal data; those of
+    ``exclude_class`` left out) lie; recorded in the run's ``thresholds.json``."""
+    if not 0 < fpr < 1:
+        raise ConvaeError(f"fpr must be in (0, 1), not {fpr}")
+    x_val, y_val, _ = dataset_split(run, None, "val", dataset)
+    if exclude_class is not None and y_val is not None:
+        x_val = x_val[y_val != exclude_class]
+    val_scores, _ = anomaly_scores(run, x_val, metric)
+    # "higher": at most fpr of the validation samples lie above the threshold.
+    threshold = float(np.quantile(val_scores, 1 - fpr, method="higher"))
+    key = f"{metric} fpr={fpr:g}" + (f" without class {exclude_class}" if exclude_class is not None else "")
+    record = {"metric": metric, "fpr": fpr, "threshold": threshold, "validation_samples": len(x_val)}
+    path = Path(run.run_dir) / THRESHOLDS
+    try:
+        saved = json.loads(path.read_text()) if path.is_file() else {}
+        write_json(path, {**saved, key: record})
+    except (ConvaeError, OSError, ValueError):  # a read-only run directory still scores
+        pass
+    return threshold
+
+
+THRESHOLDS = "thresholds.json"
+
+
+def default_metric(dataset: Dataset) -> str:
+    """The image score for data with defect masks (the map's max), else the mean squared error."""
+    return "max" if dataset.masks is not None else "mse"
 
 
 def pixel_metrics(
@@ -90,16 +150,18 @@ def score(
     """Anomaly scores on the test split, a threshold at ``fpr`` on the run's validation split, and
     ROC-AUC (``roc_auc``, also ``image_auroc``) and precision/recall at that threshold when it is
     known which samples are anomalies: those of ``anomaly_class``, or, for a run trained on one
-    class (``normal_class``, the one-class protocol), all the others."""
+    class (``normal_class``, the one-class protocol), all the others; with defect masks (``mvtec:``),
+    pixel ROC-AUC and AUPRO too, overall and per type. The threshold is recorded in the run's
+    ``thresholds.json``; ``maps_dir`` receives heat-map overlays of the ``maps`` highest scores."""
     from sklearn.metrics import precision_score, recall_score, roc_auc_score
 
     if not 0 < fpr < 1:
         raise ConvaeError(f"fpr must be in (0, 1), not {fpr}")
     run = as_run(run)
-    x_val, y_val, own = dataset_split(run, None, "val")
-    x, y, scored = dataset_split(run, data, "test", None if data not in (None, run.config.data) else own)
+    own = load_dataset(run.config.data, run.config) if data in (None, run.config.data) else None
+    x, y, scored = dataset_split(run, data, "test", own)
     masks = scored.masks if scored.masks is not None and len(scored.masks) == len(x) else None
-    metric = metric or ("max" if masks is not None else "mse")
+    metric = metric or default_metric(scored)
     if anomaly_class is not None:
         if y is None:
             raise ConvaeError("--anomaly-class needs a labelled dataset")
@@ -107,8 +169,6 @@ def score(
             raise ConvaeError(f"class {anomaly_class} does not occur in the scored data")
         if (y == anomaly_class).all():
             raise ConvaeError(f"every scored sample is of class {anomaly_class}: ROC-AUC needs normal samples too")
-        if y_val is not None:
-            x_val = x_val[y_val != anomaly_class]  # the threshold is set on normal data only
         truth, described = y == anomaly_class, {"anomaly_class": int(anomaly_class)}
     elif masks is not None:  # MVTec AD's layout: label 0 is good, the others defect types
         truth, described = y != 0, {"normal": scored.classes[0]}
@@ -121,10 +181,8 @@ def score(
         truth, described = y != normal, {"normal_class": int(normal)}
     else:
         truth = None
-    val_scores, _ = anomaly_scores(run, x_val, metric)
-    # "higher": at most fpr of the validation samples lie above the threshold.
-    threshold = float(np.quantile(val_scores, 1 - fpr, method="higher"))
-    scores, err = anomaly_scores(run, x, metric)
+    threshold = set_threshold(run, metric, fpr, anomaly_class, own)  # on normal data only
+    scores, amaps = anomaly_scores(run, x, metric)
     flagged = scores > threshold
     result: dict[str, Any] = {
         "metric": metric,
@@ -134,6 +192,7 @@ def score(
         "flagged": int(flagged.sum()),
         "scores": scores,
         "labels": y,
+        "files": split_files(run, data, "test", scored),
     }
     if truth is not None:
         auroc = float(roc_auc_score(truth, scores))
@@ -146,10 +205,33 @@ def score(
             false_positive_rate=float(flagged[~truth].mean()),
         )
     if masks is not None:
-        result.update(pixel_metrics(pixel_maps(err), masks[:, 0], scores, y, scored.classes))
+        result.update(pixel_metrics(amaps, masks[:, 0], scores, y, scored.classes))
     if maps_dir is not None and x.ndim == 4:
-        maps_dir = make_folder(maps_dir)
-        top = float(err.max()) or 1.0
-        for i in np.argsort(-scores)[:maps]:
-            save_png(maps_dir / f"{i:05d}.png", to_png(err[i].mean(0, keepdims=True), 0.0, top))
+        top = threshold if metric == "max" else None
+        write_maps(maps_dir, x, amaps, scores, masks, result["files"], top, maps)
     return result
+
+
+def write_maps(
+    folder: str | Path,
+    x: np.ndarray,
+    maps: np.ndarray,
+    scores: np.ndarray,
+    masks: np.ndarray | None,
+    files: list[str] | None,
+    top: float | None,
+    count: int,
+) -> None:
+    """Heat-map overlays of the ``count`` highest-scoring images, named by rank and file: input |
+    map over it (opaque at ``top``, the threshold of a max score; else the highest map value shown)
+    | mask. Computed first, then written."""
+    order = np.argsort(-scores, kind="stable")[:count]
+    top = top if top is not None else float(maps[order].max())
+    pictures = []
+    for rank, i in enumerate(order):
+        name = f"{i:05d}" if files is None else f"{Path(files[i]).parent.name}_{Path(files[i]).stem}"
+        mask = None if masks is None else masks[i, 0]
+        pictures.append((f"{rank + 1:03d}_{name}.png", heat_overlay(x[i], maps[i], top, mask)))
+    folder = make_folder(folder)
+    for name, picture in pictures:
+        save_png(folder / name, picture)

@@ -208,15 +208,17 @@ def _cmd_score(args: argparse.Namespace) -> int:
     result = score(
         args.run, args.data, metric=args.metric, fpr=args.fpr, anomaly_class=args.anomaly_class, maps_dir=args.maps
     )
-    scores, labels = result.pop("scores"), result.pop("labels")
+    scores, labels, files = result.pop("scores"), result.pop("labels"), result.pop("files")
     written = []
     if args.out:
         text = io.StringIO()
         writer = csv.writer(text)
-        writer.writerow(["index", "score", "flagged"] + (["label"] if labels is not None else []))
+        extra = (["label"] if labels is not None else []) + (["file"] if files is not None else [])
+        writer.writerow(["index", "score", "flagged", *extra])
         for i, value in enumerate(scores):
             row = [i, f"{value:.6g}", int(value > result["threshold"])]
-            writer.writerow(row + ([int(labels[i])] if labels is not None else []))
+            row += ([int(labels[i])] if labels is not None else []) + ([files[i]] if files is not None else [])
+            writer.writerow(row)
         atomic_write(args.out, lambda f: f.write(text.getvalue().encode()))
         written.append(Path(args.out))
     if args.summary:
@@ -251,21 +253,14 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from convae.checkpoint import check_output
-    from convae.export import export
-    from convae.run import load
+    from convae.export import export_run
 
-    out = Path(args.out)
-    parts = ["autoencoder", "encoder", "decoder"] if args.part == "all" else [args.part]
-    paths = {part: out if len(parts) == 1 else out.with_name(f"{out.stem}.{part}{out.suffix}") for part in parts}
-    for path in paths.values():
-        check_output(path)
-    run = load(args.run)
-    for part, path in paths.items():
-        info = export(run.model, path, args.format, part)
-        print(f"{part}: {info['path']}  (dynamic: {', '.join(info['dynamic'])})")
-    if run.normalizer.mode != "none":
-        print(f"note: inputs must be preprocessed as in training ({run.normalizer.mode}); see {args.run}/preprocess.pt")
+    written = export_run(
+        args.run, args.out, args.format, args.part, scores=args.scores, metric=args.metric, fpr=args.fpr
+    )
+    for info in written:
+        outputs, dynamic = ", ".join(info["outputs"]), ", ".join(info["dynamic"])
+        print(f"{info['part']}: {info['path']}  (outputs: {outputs}; dynamic: {dynamic})")
     return 0
 
 
@@ -383,14 +378,19 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset to score (default: the run's test split)")
     p.add_argument(
         "--metric",
-        choices=("mse", "l1", "ssim", "max"),
-        help="image score: mean error, 1 - SSIM, or the max of the smoothed error map "
+        choices=cfg.SCORE_METRICS,
+        help="image score: mean error, 1 - SSIM, the max of the smoothed error map, the mean distance of the "
+        "code to the 5 nearest training codes, or mse and knn standardised on validation data and summed "
         "(default: max for data with defect masks, else mse)",
     )
     p.add_argument("--fpr", type=float, default=0.05, help="false-positive rate on validation data (default: 0.05)")
     p.add_argument("--anomaly-class", type=int, help="label counted as anomalous (for ROC-AUC)")
     p.add_argument("--out", help="CSV of per-sample scores")
-    p.add_argument("--maps", help="folder for per-pixel error maps of the highest-scoring samples")
+    p.add_argument(
+        "--maps",
+        metavar="DIR",
+        help="folder of heat-map overlays of the highest-scoring images: input | map | defect mask",
+    )
     p.add_argument("--summary", help="JSON file for the threshold and metrics")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_cmd_score)
@@ -398,8 +398,10 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "export",
         help="export to ONNX or TorchScript",
-        description="Export the autoencoder, encoder or decoder (dynamic batch; dynamic height and width "
-        "in ONNX when the architecture has no dense layer).",
+        description="Export the autoencoder, encoder or decoder, or with --scores the anomaly scorer. Exports take "
+        "raw inputs (images as floats in [0, 1], shaped N,C,H,W; the normalisation is inside), name their "
+        "outputs and carry the run's metadata; dynamic batch, and dynamic height and width in ONNX when the "
+        "architecture has no dense layer.",
     )
     p.add_argument("run", help="run directory")
     p.add_argument("--format", default="onnx", choices=cfg.EXPORT_FORMATS, help="file format (default: onnx)")
@@ -408,6 +410,21 @@ def make_parser() -> argparse.ArgumentParser:
         default="autoencoder",
         choices=(*cfg.EXPORT_PARTS, "all"),
         help="what to export (default: autoencoder; all: the three, as NAME.PART.EXT beside --out)",
+    )
+    p.add_argument(
+        "--scores",
+        action="store_true",
+        help="export the anomaly scorer: outputs reconstruction, anomaly_map and score, as `convae score` "
+        "computes them, with the threshold in the metadata",
+    )
+    p.add_argument(
+        "--metric", choices=cfg.SCORE_METRICS[:4], help="with --scores: the image score (as for score; no knn)"
+    )
+    p.add_argument(
+        "--fpr",
+        type=float,
+        default=0.05,
+        help="with --scores: the threshold's false-positive rate on validation data (default: 0.05)",
     )
     p.add_argument("--out", required=True, help="output file")
     p.set_defaults(func=_cmd_export)

@@ -39,6 +39,8 @@ PLACEMENTS = ("auto", "device", "host", "stream")
 INT64_MAX = 2**63 - 1
 EXPORT_FORMATS = ("onnx", "torchscript")  # `convae export`: the file formats and the parts of a model
 EXPORT_PARTS = ("autoencoder", "encoder", "decoder")
+# `convae score`'s image scores: of the reconstruction (convae.scoring), of the code (knn), of both (convae.anomaly)
+SCORE_METRICS = ("mse", "l1", "ssim", "max", "knn", "mse+knn")
 
 
 def setting(
@@ -122,6 +124,13 @@ class DataSettings:
     channels: int | None = setting(None, "folder images: 1 (grayscale) or 3 (RGB)", choices=(1, 3))
     image_size: list[int] | None = setting(
         None, "folder images: resize and centre-crop to H,W", parse=parse_image_size, metavar="H,W"
+    )
+    crop: int | None = setting(
+        None,
+        "train on random N-sided patches of each sample; larger inputs are then reconstructed and scored "
+        "by overlapping N-sided sliding windows, blended",
+        bounds="[1, inf)",
+        metavar="N",
     )
     spatial_dims: int | None = setting(
         None,
@@ -285,6 +294,8 @@ class TrainConfig(LogSettings, RuntimeSettings, OptimSettings, ObjectiveSettings
             raise ConvaeError(
                 f"loss {self.loss} is for images (2 spatial axes), not --spatial-dims {self.spatial_dims}"
             )
+        if self.crop is not None and self.normalize == "zca":
+            raise ConvaeError("--crop trains on patches; zca whitens whole samples: use normalize unit or standardize")
         from convae.preprocess import Augment, Noise  # torch: only when a run is about to start
 
         Noise.parse(self.noise)

@@ -49,7 +49,8 @@ class Dataset:
     classes: list[str] | None = None
     stamp: str | None = None  # identifies the source's contents (files' sizes and times): a resume checks it
     masks: np.ndarray | None = None  # (N_test, 1, H, W) uint8: where the test split's defects are (mvtec:)
-    test_files: list | None = None  # the test split's files, where it has them (mvtec:)
+    files: list | None = None  # the file of each training-file sample, where it has them (folders)
+    test_files: list | None = None  # the test split's files, where it has them (folders, mvtec:)
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -358,7 +359,10 @@ def load_folder(
     path: str, channels: int | None = None, image_size: Sequence[int] | None = None, cache_dir: str | None = None
 ) -> Dataset:
     f, stamp = cache.load_folder(path, channels, image_size, cache_dir)
-    return Dataset(f.name, f.x_train, f.y_train, f.x_test, f.y_test, classes=f.classes, stamp=stamp)
+    files, test_files = f.files
+    return Dataset(
+        f.name, f.x_train, f.y_train, f.x_test, f.y_test, f.classes, stamp, files=files, test_files=test_files
+    )
 
 
 SOURCES = ("fashion-mnist", "mnist", "digits", "folder:PATH", "npy:PATH", "mvtec:PATH")

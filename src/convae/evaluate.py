@@ -109,6 +109,11 @@ def evaluate(
 
     run = as_run(run)
     dataset, x_fit, x_eval, y_fit, y_eval = eval_splits(run, data)
+    if run.config.crop is not None and tuple(x_eval.shape[1:]) != tuple(run.model.input_shape):
+        raise ConvaeError(
+            f"this run trained on {run.config.crop}-pixel patches (--crop) of larger samples: PCA and the probe "
+            "compare whole samples; use `convae score` (sliding windows) for it"
+        )
     if tuple(x_eval.shape[1:]) != tuple(run.model.input_shape) and run.model.has_dense:
         raise ConvaeError(
             f"the run's model takes inputs shaped {run.model.input_shape}, the data has {tuple(x_eval.shape[1:])}"

@@ -28,6 +28,7 @@ class Folder:
     x_test: np.ndarray | None
     y_test: np.ndarray | None
     classes: list[str] | None
+    files: tuple[list[Path] | None, list[Path] | None] = (None, None)  # of the training file and the test split
 
 
 def too_large(path: Path | str) -> str:
@@ -197,4 +198,5 @@ def folder_of(listing: Listing, arrays: list) -> Folder:
         arrays[1] if split else None,
         labels[1] if split and labels else None,
         listing.classes,
+        (listing.groups[0], listing.groups[1] if split else None),
     )

@@ -22,6 +22,10 @@ only: ``flip`` mirrors a random half of the samples along the last axis,
 ``shift:N`` translates each sample by up to N steps along every spatial axis
 (filling with the data's low value); ``flip+shift:2`` does both.
 
+Patches (``--crop N``): :func:`random_crop`, an N-sided patch of each sample
+at a random place, for training on large images; scoring then slides windows
+of that size over them (:mod:`convae.scoring`).
+
 Views for a contrastive term (``--contrastive``): :func:`resized_crops`, SimCLR's
 random resized crops of 2-D images, each flipped or not, then
 :func:`jitter_brightness_contrast`, the grey part of SimCLR's colour distortion.
@@ -228,6 +232,26 @@ class Augment:
                 positions = torch.arange(x.shape[axis], device=x.device).view(-1, *[1] * (x.ndim - 1 - axis))
                 x = padded.gather(axis, (offset.view(per_sample) + positions).expand(x.shape))
         return x
+
+
+def random_crop(x: Tensor, size: int, generator: torch.Generator | None = None) -> Tensor:
+    """A ``size``-sided patch of each sample (N, C, *spatial), at a random place drawn per sample;
+    the centre of each without a ``generator`` (deterministic pictures). Samples already of
+    that size are returned as they are."""
+    if all(s == size for s in x.shape[2:]):
+        return x
+    for axis in range(2, x.ndim):
+        room = x.shape[axis] - size + 1
+        if generator is None:
+            offset = torch.full((len(x),), room // 2, device=x.device)
+        else:
+            offset = torch.randint(0, room, (len(x),), generator=generator, device=x.device)
+        positions = torch.arange(size, device=x.device).view(-1, *[1] * (x.ndim - 1 - axis))
+        shape = list(x.shape)
+        shape[axis] = size
+        index = (offset.view((len(x),) + (1,) * (x.ndim - 1)) + positions).expand(shape)
+        x = x.gather(axis, index)
+    return x
 
 
 def resized_crops(x: Tensor, min_area: float, generator: torch.Generator | None = None) -> Tensor:

@@ -28,6 +28,26 @@ def to_png(array: np.ndarray, lo: float = 0.0, hi: float = 1.0):
     return Image.fromarray(a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0))
 
 
+def heat_overlay(image: np.ndarray, amap: np.ndarray, top: float, mask: np.ndarray | None = None):
+    """A PIL image of the input (C, H, W in [0, 1]) | the anomaly map (H, W) as red over it, 0..``top``
+    from clear to opaque | the defect mask (H, W), white where the defect is, when known."""
+    from PIL import Image
+
+    grey = image.mean(0) if image.shape[0] == 3 else image[0]
+    rgb = np.repeat(grey[None], 3, 0) if image.shape[0] == 1 else image
+    alpha = np.clip(amap / max(top, 1e-12), 0, 1)[None] * 0.8
+    red = np.zeros_like(rgb)
+    red[0] = 1.0
+    panels = [rgb, (1 - alpha) * np.repeat(grey[None], 3, 0) + alpha * red]
+    if mask is not None:
+        panels.append(np.repeat((mask > 0)[None].astype(np.float32), 3, 0))
+    row = [to_png(p) for p in panels]
+    canvas = Image.new("RGB", (sum(r.width for r in row) + 2 * (len(row) - 1), row[0].height), (128, 128, 128))
+    for k, r in enumerate(row):
+        canvas.paste(r, (k * (r.width + 2), 0))
+    return canvas
+
+
 def save_png(path: Path, picture) -> None:
     checkpoint.atomic_write(path, lambda f: picture.save(f, format="PNG"))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from convae.images import too_large
 from convae.model import AutoEncoder, from_config
 from convae.preprocess import Normalizer
 from convae.runtime import pick_device
+from convae.scoring import Scorer, data_range_of
 
 SPLITS = ("all", "train", "val", "test")
 
@@ -40,6 +41,8 @@ class Run:
     config: TrainConfig
     run_dir: Path
     device: torch.device
+    # What is derived from the run and its data once, when first needed (the training split's codes, ...).
+    memo: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def final(self) -> dict[str, Any]:
@@ -53,6 +56,12 @@ class Run:
 
     @torch.no_grad()
     def encode(self, x: np.ndarray | Tensor, batch_size: int = 1024) -> np.ndarray | Tensor:
+        crop = self.config.crop
+        if crop is not None and any(s != crop for s in x.shape[2:]) and self.model.has_dense:
+            raise ConvaeError(
+                f"this run trained on {crop}-pixel patches (--crop): its codes are of patches, and its dense "
+                f"layers take nothing else; encode inputs of {crop} pixels a side"
+            )
         return _like(x, [self.model.encode(b) for b in self._batches(x, batch_size)])
 
     @torch.no_grad()
@@ -63,9 +72,15 @@ class Run:
 
     @torch.no_grad()
     def reconstruct(self, x: np.ndarray | Tensor, batch_size: int = 1024) -> np.ndarray | Tensor:
-        return _like(x, [self.normalizer.inverse(self.model(b)) for b in self._batches(x, batch_size)])
+        """Reconstructions; a run trained on patches (``crop``) reconstructs larger inputs by sliding windows."""
+        scorer = self.scorer()
+        return _like(x, [scorer.residual(b)[0] for b in self._batches(x, batch_size, normalized=False)])
 
-    def _batches(self, x: np.ndarray | Tensor, batch_size: int) -> Iterator[Tensor]:
+    def scorer(self, metric: str = "mse") -> Scorer:
+        """The module that turns raw inputs into reconstructions, anomaly maps and scores (:mod:`convae.scoring`)."""
+        return Scorer(self.model, self.normalizer, metric, self.config.crop, data_range_of(self.normalizer))
+
+    def _batches(self, x: np.ndarray | Tensor, batch_size: int, normalized: bool = True) -> Iterator[Tensor]:
         raw = x if isinstance(x, Tensor) else torch.as_tensor(np.asarray(x))
         x = raw.float() / 255.0 if raw.dtype == torch.uint8 else raw.float()
         expected = self.model.input_shape
@@ -74,7 +89,7 @@ class Run:
         if len(x) == 0:
             raise ConvaeError("no samples to process")
         for batch in x.split(batch_size):
-            yield self.normalizer.transform(batch.to(self.device))
+            yield self.normalizer.transform(batch.to(self.device)) if normalized else batch.to(self.device)
 
 
 def _like(x: np.ndarray | Tensor, batches: list[Tensor]) -> np.ndarray | Tensor:
@@ -140,13 +155,39 @@ def dataset_split(
     the run's, all of it. ``all`` is the whole training file. ``dataset``, when
     given, is ``data`` (or the run's data) already loaded.
     """
+    dataset = dataset or load_dataset(data or run.config.data, run.config)
+    channels = run.model.input_shape[0]
+    if dataset.sample_shape[0] != channels:
+        raise ConvaeError(
+            f"{data or run.config.data}: samples have {dataset.sample_shape[0]} channel(s), "
+            f"the run's model takes {channels}"
+        )
+    part, idx = _locate(run, data, split, dataset)
+    if part == "test":
+        return datasets.floats(dataset.x_test), dataset.y_test, dataset
+    if idx is None:
+        return datasets.floats(dataset.x_train), dataset.y_train, dataset
+    return datasets.floats(dataset.x_train[idx]), take(dataset.y_train, idx), dataset
+
+
+def split_files(run: Run, data: str | None, split: str, dataset: Dataset) -> list[str] | None:
+    """The file of each sample of :func:`dataset_split`'s split, where the source has files (folders)."""
+    part, idx = _locate(run, data, split, dataset)
+    files = dataset.test_files if part == "test" else dataset.files
+    if files is None:
+        return None
+    return [str(f) for f in (files if idx is None else [files[i] for i in idx])]
+
+
+def _locate(run: Run, data: str | None, split: str, dataset: Dataset) -> tuple[str, np.ndarray | None]:
+    """Where a split's samples are: ("test", None), the source's test split, or ("train", rows) of
+    the training file (None: all of it)."""
     if split not in SPLITS:
         raise ConvaeError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
     cfg = run.config
     own = data is None or data == cfg.data
-    dataset = dataset or load_dataset(data or cfg.data, cfg)
     if split == "test" and dataset.x_test is not None:
-        return datasets.floats(dataset.x_test), dataset.y_test, dataset
+        return "test", None
     if split in ("val", "train") or (split == "test" and own):
         if not own:
             raise ConvaeError(f"the {split} split is the run's own; {data} has no such split")
@@ -159,8 +200,8 @@ def dataset_split(
                 f"{cfg.data} has no test split and the run kept no validation split (val_fraction 0): "
                 "every sample was trained on; give --data with held-out samples"
             )
-        return datasets.floats(dataset.x_train[idx]), take(dataset.y_train, idx), dataset
-    return datasets.floats(dataset.x_train), dataset.y_train, dataset
+        return "train", idx
+    return "train", None
 
 
 def encode_dataset(
@@ -196,7 +237,7 @@ def read_images(run: Run, paths: list[str]) -> list[np.ndarray]:
         except (FileNotFoundError, UnidentifiedImageError, OSError) as err:
             raise ConvaeError(f"{path}: cannot read image ({err})") from None
         a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
-        if run.model.has_dense and a.shape[1:] != tuple(run.model.input_shape[1:]):
+        if run.model.has_dense and run.config.crop is None and a.shape[1:] != tuple(run.model.input_shape[1:]):
             h, w = run.model.input_shape[1:]
             raise ConvaeError(f"{path}: is {a.shape[2]}x{a.shape[1]} pixels, the model takes {w}x{h}")
         arrays.append(a.astype(np.float32) / 255.0)

@@ -148,7 +148,7 @@ class TrainingPictures:
     @torch.no_grad()
     def images(self, idx: Tensor) -> None:
         t = self.t
-        raw = t._rows(idx[:16])
+        raw = t.crop(t._rows(idx[:16]), None)
         noisy, _ = t._prepare_batch(raw, torch.Generator(device=t.device).manual_seed(0))
         with eval_mode(t.model):
             out = t.model(noisy)

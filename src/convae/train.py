@@ -73,7 +73,14 @@ def prepare(config: TrainConfig, normalizer_state: dict | None = None, dataset: 
         normalizer = Normalizer(config.normalize, config.zca_epsilon).fit(dataset.x_train, train_idx)
     output = config.output or normalizer.output_activation
     torch.manual_seed(config.seed)  # the initial weights
-    model = build(arch_of(config), dataset.sample_shape, output=output, tied=config.tied, upsample=config.upsample)
+    shape = dataset.sample_shape
+    if config.crop is not None:
+        if config.crop > min(shape[1:]):
+            raise ConvaeError(
+                f"--crop {config.crop} is larger than the samples of {config.data} ({'x'.join(map(str, shape[1:]))})"
+            )
+        shape = (shape[0],) + (config.crop,) * (len(shape) - 1)
+    model = build(arch_of(config), shape, output=output, tied=config.tied, upsample=config.upsample)
     low, high = value_range(dataset.x_train, train_idx)
     return Prepared(dataset, train_idx, val_idx, splits.test, normalizer, model, low, high)
 

@@ -27,7 +27,7 @@ from convae.errors import ConvaeError
 from convae.feed import Feed, read_rows, to_device
 from convae.metrics import psnr
 from convae.objectives import objective_for
-from convae.preprocess import Augment, Noise
+from convae.preprocess import Augment, Noise, random_crop
 from convae.summaries import Summaries, TrainingPictures
 
 if TYPE_CHECKING:
@@ -197,6 +197,7 @@ class Trainer:
         """(network input, target) of a raw batch; ``augment`` only for training steps, whose
         input is then the objective's views of the batch."""
         low, high = self.p.data_low, self.p.data_high
+        raw = self.crop(raw, generator)
         if augment and self.augment is not None:
             raw = self.augment.apply(raw, low, generator)
         seen = raw if self.noise is None else self.noise.apply(raw, low, high, generator)
@@ -207,6 +208,10 @@ class Trainer:
         if self.channels_last:
             noisy = noisy.contiguous(memory_format=torch.channels_last)
         return noisy, clean
+
+    def crop(self, raw: Tensor, generator: torch.Generator | None) -> Tensor:
+        """A patch of each sample under ``--crop`` (at random; centred without a generator)."""
+        return raw if self.config.crop is None else random_crop(raw, self.config.crop, generator)
 
     def _rows(self, idx: Tensor) -> Tensor:
         """Samples by index, on the training device, in the data's scale."""
@@ -401,6 +406,7 @@ class Trainer:
         count = values = 0
         with context:
             for batch in batches:
+                batch = self.crop(batch, generator)  # the patches the loss and the MSE both see
                 noisy, clean = self._prepare_batch(batch, generator)
                 out = self.model(noisy).float()
                 total_loss += self.objective.loss_fn(out, clean) * len(batch)

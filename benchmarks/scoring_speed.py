@@ -1,0 +1,83 @@
+"""How fast a run scores: images/s at 128x128, and one large image by sliding windows.
+
+    python3 benchmarks/scoring_speed.py                 # inspection preset, RGB, 128x128 and 1024x1024
+    python3 benchmarks/scoring_speed.py --large 512     # another large side
+
+Builds the `inspection` preset (untrained weights: speed does not depend on
+them) behind `convae.scoring.Scorer`, the module `convae score` and the
+exported scorer run, with the `max` score (reconstruction, residual map,
+4-pixel smoothing, maximum). First a batch of 128x128 images (the model's own
+size); then a large image, which a run trained on 128x128 patches (`--crop
+128`) reconstructs by windows overlapping by half, blended. Prints one JSON
+line: images/s, seconds per large image, windows per large image, and the
+process's peak resident memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+
+from common import SRC
+
+sys.path.insert(0, str(SRC))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", default="inspection", help="preset or architecture (default: inspection)")
+    parser.add_argument("--channels", type=int, default=3)
+    parser.add_argument("--size", type=int, default=128, help="the model's input side (default 128)")
+    parser.add_argument("--batch", type=int, default=64, help="images per batch at --size (default 64)")
+    parser.add_argument("--batches", type=int, default=5, help="timed batches (default 5)")
+    parser.add_argument("--large", type=int, default=1024, help="side of the large image (default 1024)")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    import torch
+
+    import convae
+    from convae import presets
+    from convae.preprocess import Normalizer
+    from convae.scoring import Scorer, window_starts
+
+    device = torch.device(args.device)
+    model = convae.build(presets.resolve(args.arch), (args.channels, args.size, args.size)).eval().to(device)
+    whole = Scorer(model, Normalizer("none"), "max")
+    windows = Scorer(model, Normalizer("none"), "max", window=args.size)
+
+    def timed(scorer: Scorer, x: torch.Tensor, repeats: int) -> float:
+        with torch.no_grad():
+            scorer(x)  # warm-up
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+            for _ in range(repeats):
+                scorer(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+        return (time.perf_counter() - started) / repeats
+
+    small = torch.rand(args.batch, args.channels, args.size, args.size, device=device)
+    per_batch = timed(whole, small, args.batches)
+    large = torch.rand(1, args.channels, args.large, args.large, device=device)
+    per_large = timed(windows, large, 2)
+    row = {
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "arch": args.arch,
+        "size": args.size,
+        "images_per_s": round(args.batch / per_batch, 1),
+        "large": args.large,
+        "windows": len(window_starts(args.large, args.size)) ** 2,
+        "seconds_per_large_image": round(per_large, 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    }
+    print(json.dumps(row))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -183,6 +183,16 @@ def test_a_folder_with_train_and_test_subfolders_has_those_splits(tmp_path):
     ds = data.load(f"folder:{tmp_path / 'set'}")
     assert ds.x_train.shape == (8, 1, 6, 5) and ds.x_test.shape == (4, 1, 6, 5)
     assert ds.classes == ["bad", "ok"] and ds.y_test.tolist() == [0, 0, 1, 1]
+    # each sample's file, in the arrays' order (score's CSV names them)
+    assert [f.relative_to(tmp_path / "set").as_posix() for f in ds.test_files] == [
+        "test/bad/0.png",
+        "test/bad/1.png",
+        "test/ok/0.png",
+        "test/ok/1.png",
+    ]
+    assert len(ds.files) == 8 and all(f.parent.parent.name == "train" for f in ds.files)
+    for i in (0, 3, 6):
+        assert np.array_equal(ds.x_train[i], np.asarray(Image.open(ds.files[i]))[None])
 
 
 def test_16_bit_grey_tiffs_are_scaled_to_8_bits_not_clipped(tmp_path):

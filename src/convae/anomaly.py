@@ -223,15 +223,17 @@ def write_maps(
     count: int,
 ) -> None:
     """Heat-map overlays of the ``count`` highest-scoring images, named by rank and file: input |
-    map over it (opaque at ``top``, the threshold of a max score; else the highest map value shown)
-    | mask. Computed first, then written."""
+    map over it (clear at the median pixel of the maps shown, which is normal texture; opaque at
+    ``top``, the threshold of a max score, else the highest map value shown) | mask. Computed
+    first, then written."""
     order = np.argsort(-scores, kind="stable")[:count]
-    top = top if top is not None else float(maps[order].max())
+    low = float(np.median(maps[order]))
+    top = max(top if top is not None else float(maps[order].max()), low)
     pictures = []
     for rank, i in enumerate(order):
         name = f"{i:05d}" if files is None else f"{Path(files[i]).parent.name}_{Path(files[i]).stem}"
         mask = None if masks is None else masks[i, 0]
-        pictures.append((f"{rank + 1:03d}_{name}.png", heat_overlay(x[i], maps[i], top, mask)))
+        pictures.append((f"{rank + 1:03d}_{name}.png", heat_overlay(x[i], maps[i], low, top, mask)))
     folder = make_folder(folder)
     for name, picture in pictures:
         save_png(folder / name, picture)

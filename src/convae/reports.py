@@ -28,14 +28,14 @@ def to_png(array: np.ndarray, lo: float = 0.0, hi: float = 1.0):
     return Image.fromarray(a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0))
 
 
-def heat_overlay(image: np.ndarray, amap: np.ndarray, top: float, mask: np.ndarray | None = None):
-    """A PIL image of the input (C, H, W in [0, 1]) | the anomaly map (H, W) as red over it, 0..``top``
+def heat_overlay(image: np.ndarray, amap: np.ndarray, low: float, top: float, mask: np.ndarray | None = None):
+    """A PIL image of the input (C, H, W in [0, 1]) | the anomaly map (H, W) as red over it, ``low``..``top``
     from clear to opaque | the defect mask (H, W), white where the defect is, when known."""
     from PIL import Image
 
     grey = image.mean(0) if image.shape[0] == 3 else image[0]
     rgb = np.repeat(grey[None], 3, 0) if image.shape[0] == 1 else image
-    alpha = np.clip(amap / max(top, 1e-12), 0, 1)[None] * 0.8
+    alpha = np.clip((amap - low) / max(top - low, 1e-12), 0, 1)[None] * 0.8
     red = np.zeros_like(rgb)
     red[0] = 1.0
     panels = [rgb, (1 - alpha) * np.repeat(grey[None], 3, 0) + alpha * red]

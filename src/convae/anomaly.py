@@ -22,7 +22,7 @@ from convae.data import Dataset
 from convae.errors import ConvaeError
 from convae.metrics import aupro
 from convae.reports import heat_overlay, save_png
-from convae.run import Run, as_run, dataset_split, load_dataset, split_files
+from convae.run import Run, as_run, dataset_split, split_files
 from convae.scoring import batch_for, score_batches
 
 
@@ -82,14 +82,12 @@ def code_distances(codes: np.ndarray, reference: np.ndarray, k: int = KNN) -> np
     return torch.cat(out).numpy()
 
 
-def set_threshold(
-    run: Run, metric: str, fpr: float, exclude_class: int | None = None, dataset: Dataset | None = None
-) -> float:
+def set_threshold(run: Run, metric: str, fpr: float, exclude_class: int | None = None) -> float:
     """The score above which at most ``fpr`` of the run's validation samples (normal data; those of
     ``exclude_class`` left out) lie; recorded in the run's ``thresholds.json``."""
     if not 0 < fpr < 1:
         raise ConvaeError(f"fpr must be in (0, 1), not {fpr}")
-    x_val, y_val, _ = dataset_split(run, None, "val", dataset)
+    x_val, y_val, _ = dataset_split(run, None, "val")
     if exclude_class is not None and y_val is not None:
         x_val = x_val[y_val != exclude_class]
     val_scores, _ = anomaly_scores(run, x_val, metric)
@@ -158,8 +156,7 @@ def score(
     if not 0 < fpr < 1:
         raise ConvaeError(f"fpr must be in (0, 1), not {fpr}")
     run = as_run(run)
-    own = load_dataset(run.config.data, run.config) if data in (None, run.config.data) else None
-    x, y, scored = dataset_split(run, data, "test", own)
+    x, y, scored = dataset_split(run, data, "test")
     masks = scored.masks if scored.masks is not None and len(scored.masks) == len(x) else None
     metric = metric or default_metric(scored)
     if anomaly_class is not None:
@@ -181,7 +178,7 @@ def score(
         truth, described = y != normal, {"normal_class": int(normal)}
     else:
         truth = None
-    threshold = set_threshold(run, metric, fpr, anomaly_class, own)  # on normal data only
+    threshold = set_threshold(run, metric, fpr, anomaly_class)  # on normal data only
     scores, amaps = anomaly_scores(run, x, metric)
     flagged = scores > threshold
     result: dict[str, Any] = {

@@ -42,6 +42,10 @@ OUTPUTS = {
     "decoder": ["reconstruction"],
     "scorer": ["reconstruction", "anomaly_map", "score"],
 }
+WINDOWS_NOT_EXPORTED = (
+    "this run trained on patches (--crop) and scores larger images by sliding windows, which an "
+    "exported graph does not do: export without --scores and slide the windows in your code"
+)
 LAYOUTS = {3: "N,C,L", 4: "N,C,H,W", 5: "N,C,D,H,W"}
 
 
@@ -109,10 +113,7 @@ def export(
     if scorer is not None:
         scorer = scorer.eval().to("cpu")
         if scorer.window is not None:
-            raise ConvaeError(
-                "this run trained on patches (--crop) and scores larger images by sliding windows, which an "
-                "exported graph does not do: export without --scores and slide the windows in your code"
-            )
+            raise ConvaeError(WINDOWS_NOT_EXPORTED)
         part = "scorer"
     module, example = _module(model, normalizer, part, scorer)
     zca = normalizer.mode == "zca"  # a whitening matrix of the trained sample size
@@ -196,7 +197,7 @@ def export_run(
     or with ``scores`` the scorer, whose threshold is set as ``convae score`` sets it (``fpr`` on the
     run's validation data, for ``metric``; default: max for data with defect masks, else mse)."""
     from convae.anomaly import default_metric, set_threshold
-    from convae.run import load, load_dataset
+    from convae.run import load
 
     out = Path(out)
     if scores and part != "autoencoder":
@@ -209,16 +210,13 @@ def export_run(
     meta = run_metadata(run.config, run.normalizer)
     scorer = None
     if scores:
-        dataset = load_dataset(run.config.data, run.config)
-        metric = metric or default_metric(dataset)
-        if metric == "knn":
-            raise ConvaeError(
-                "the knn score compares codes with the training set's; it is not exported (use mse or max)"
-            )
+        if run.config.crop is not None:
+            raise ConvaeError(WINDOWS_NOT_EXPORTED)  # before the threshold is set, which takes a while
+        metric = metric or default_metric(run.own_data())
+        if "knn" in metric:
+            raise ConvaeError(f"the {metric} score compares codes with the training set's; it is not exported")
         scorer = run.scorer(metric)
-        if scorer.window is not None:
-            export(run.model, out, fmt, scorer=scorer)  # refuses, saying why, before the threshold is set
-        threshold = set_threshold(run, metric, fpr, dataset=dataset)
+        threshold = set_threshold(run, metric, fpr)
         meta |= {"metric": metric, "threshold": threshold, "fpr": fpr, "smoothing": SMOOTHING}
     return [
         export(run.model, path, fmt, p, normalizer=run.normalizer, scorer=scorer, metadata=meta)

@@ -76,6 +76,13 @@ class Run:
         scorer = self.scorer()
         return _like(x, [scorer.residual(b)[0] for b in self._batches(x, batch_size, normalized=False)])
 
+    def own_data(self) -> Dataset:
+        """The run's own data, loaded as the run loaded it, once per ``Run`` (scoring reads it several times:
+        the validation split for a threshold, the training split for codes, the test split)."""
+        if "dataset" not in self.memo:
+            self.memo["dataset"] = load_dataset(self.config.data, self.config)
+        return self.memo["dataset"]
+
     def scorer(self, metric: str = "mse") -> Scorer:
         """The module that turns raw inputs into reconstructions, anomaly maps and scores (:mod:`convae.scoring`)."""
         return Scorer(self.model, self.normalizer, metric, self.config.crop, data_range_of(self.normalizer))
@@ -155,7 +162,8 @@ def dataset_split(
     the run's, all of it. ``all`` is the whole training file. ``dataset``, when
     given, is ``data`` (or the run's data) already loaded.
     """
-    dataset = dataset or load_dataset(data or run.config.data, run.config)
+    if dataset is None:
+        dataset = run.own_data() if data in (None, run.config.data) else load_dataset(data, run.config)
     channels = run.model.input_shape[0]
     if dataset.sample_shape[0] != channels:
         raise ConvaeError(

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from convae import anomaly
@@ -22,6 +24,13 @@ def test_score_with_anomaly_class(run_dir, tmp_path, capsys):
     assert lines[0] == "index,score,flagged,label" and len(lines) == 13
     assert main(["score", str(run_dir), "--anomaly-class", "7"]) == 2
     assert "class 7 does not occur" in capsys.readouterr().err
+    # mean + k standard deviations of the (normal) validation scores, instead of a false-positive rate
+    by_sigmas = anomaly.score(run_dir, anomaly_class=2, sigmas=2.5)
+    assert by_sigmas["threshold"] == pytest.approx(val_scores.mean() + 2.5 * val_scores.std())
+    assert by_sigmas["sigmas"] == 2.5 and "fpr_target" not in by_sigmas
+    saved = json.loads((run_dir / "thresholds.json").read_text())
+    assert saved["mse mean+2.5sd without class 2"]["threshold"] == by_sigmas["threshold"]
+    assert main(["score", str(run_dir), "--sigmas", "nan"]) == 2 and "finite" in capsys.readouterr().err
 
 
 def test_the_one_class_protocol_trains_on_one_class_and_scores_the_others_as_anomalies(tmp_path, capsys):

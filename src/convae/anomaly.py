@@ -82,19 +82,23 @@ def code_distances(codes: np.ndarray, reference: np.ndarray, k: int = KNN) -> np
     return torch.cat(out).numpy()
 
 
-def set_threshold(run: Run, metric: str, fpr: float, exclude_class: int | None = None) -> float:
+def set_threshold(
+    run: Run, metric: str, fpr: float, exclude_class: int | None = None, sigmas: float | None = None
+) -> float:
     """The score above which at most ``fpr`` of the run's validation samples (normal data; those of
-    ``exclude_class`` left out) lie; recorded in the run's ``thresholds.json``."""
-    if not 0 < fpr < 1:
-        raise ConvaeError(f"fpr must be in (0, 1), not {fpr}")
+    ``exclude_class`` left out) lie, or with ``sigmas`` their mean plus that many standard deviations;
+    recorded in the run's ``thresholds.json``."""
+    check_threshold_rule(fpr, sigmas)
     x_val, y_val, _ = dataset_split(run, None, "val")
     if exclude_class is not None and y_val is not None:
         x_val = x_val[y_val != exclude_class]
     val_scores, _ = anomaly_scores(run, x_val, metric)
-    # "higher": at most fpr of the validation samples lie above the threshold.
-    threshold = float(np.quantile(val_scores, 1 - fpr, method="higher"))
-    key = f"{metric} fpr={fpr:g}" + (f" without class {exclude_class}" if exclude_class is not None else "")
-    record = {"metric": metric, "fpr": fpr, "threshold": threshold, "validation_samples": len(x_val)}
+    if sigmas is not None:
+        threshold, rule = float(val_scores.mean() + sigmas * val_scores.std()), f"mean+{sigmas:g}sd"
+    else:  # "higher": at most fpr of the validation samples lie above the threshold.
+        threshold, rule = float(np.quantile(val_scores, 1 - fpr, method="higher")), f"fpr={fpr:g}"
+    key = f"{metric} {rule}" + (f" without class {exclude_class}" if exclude_class is not None else "")
+    record = {"metric": metric, "rule": rule, "threshold": threshold, "validation_samples": len(x_val)}
     path = Path(run.run_dir) / THRESHOLDS
     try:
         saved = json.loads(path.read_text()) if path.is_file() else {}
@@ -105,6 +109,13 @@ def set_threshold(run: Run, metric: str, fpr: float, exclude_class: int | None =
 
 
 THRESHOLDS = "thresholds.json"
+
+
+def check_threshold_rule(fpr: float, sigmas: float | None) -> None:
+    if not 0 < fpr < 1:
+        raise ConvaeError(f"fpr must be in (0, 1), not {fpr}")
+    if sigmas is not None and not np.isfinite(sigmas):
+        raise ConvaeError(f"sigmas must be a finite number, not {sigmas}")
 
 
 def default_metric(dataset: Dataset) -> str:
@@ -144,17 +155,18 @@ def score(
     anomaly_class: int | None = None,
     maps_dir: str | Path | None = None,
     maps: int = 32,
+    sigmas: float | None = None,
 ) -> dict[str, Any]:
     """Anomaly scores on the test split, a threshold at ``fpr`` on the run's validation split, and
     ROC-AUC (``roc_auc``, also ``image_auroc``) and precision/recall at that threshold when it is
     known which samples are anomalies: those of ``anomaly_class``, or, for a run trained on one
     class (``normal_class``, the one-class protocol), all the others; with defect masks (``mvtec:``),
-    pixel ROC-AUC and AUPRO too, overall and per type. The threshold is recorded in the run's
+    pixel ROC-AUC and AUPRO too, overall and per type. With ``sigmas`` the threshold is the validation
+    scores' mean plus that many standard deviations instead. It is recorded in the run's
     ``thresholds.json``; ``maps_dir`` receives heat-map overlays of the ``maps`` highest scores."""
     from sklearn.metrics import precision_score, recall_score, roc_auc_score
 
-    if not 0 < fpr < 1:
-        raise ConvaeError(f"fpr must be in (0, 1), not {fpr}")
+    check_threshold_rule(fpr, sigmas)
     run = as_run(run)
     x, y, scored = dataset_split(run, data, "test")
     masks = scored.masks if scored.masks is not None and len(scored.masks) == len(x) else None
@@ -178,13 +190,13 @@ def score(
         truth, described = y != normal, {"normal_class": int(normal)}
     else:
         truth = None
-    threshold = set_threshold(run, metric, fpr, anomaly_class)  # on normal data only
+    threshold = set_threshold(run, metric, fpr, anomaly_class, sigmas)  # on normal data only
     scores, amaps = anomaly_scores(run, x, metric)
     flagged = scores > threshold
     result: dict[str, Any] = {
         "metric": metric,
         "threshold": threshold,
-        "fpr_target": fpr,
+        **({"sigmas": sigmas} if sigmas is not None else {"fpr_target": fpr}),
         "samples": len(x),
         "flagged": int(flagged.sum()),
         "scores": scores,

@@ -206,7 +206,13 @@ def _cmd_score(args: argparse.Namespace) -> int:
     if args.maps:
         check_output(args.maps, folder=True)
     result = score(
-        args.run, args.data, metric=args.metric, fpr=args.fpr, anomaly_class=args.anomaly_class, maps_dir=args.maps
+        args.run,
+        args.data,
+        metric=args.metric,
+        fpr=args.fpr,
+        anomaly_class=args.anomaly_class,
+        maps_dir=args.maps,
+        sigmas=args.sigmas,
     )
     scores, labels, files = result.pop("scores"), result.pop("labels"), result.pop("files")
     written = []
@@ -231,10 +237,12 @@ def _cmd_score(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(
-            f"threshold ({result['metric']}, {args.fpr:.0%} false positives on validation data): "
-            f"{result['threshold']:.6g}"
+        rule = (
+            f"mean + {args.sigmas:g} sd of validation scores"
+            if args.sigmas is not None
+            else f"{args.fpr:.0%} false positives on validation data"
         )
+        print(f"threshold ({result['metric']}, {rule}): {result['threshold']:.6g}")
         print(f"flagged: {result['flagged']} of {result['samples']}")
         if "roc_auc" in result:
             if "anomaly_class" in result:
@@ -256,7 +264,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from convae.export import export_run
 
     written = export_run(
-        args.run, args.out, args.format, args.part, scores=args.scores, metric=args.metric, fpr=args.fpr
+        args.run,
+        args.out,
+        args.format,
+        args.part,
+        scores=args.scores,
+        metric=args.metric,
+        fpr=args.fpr,
+        sigmas=args.sigmas,
     )
     for info in written:
         outputs, dynamic = ", ".join(info["outputs"]), ", ".join(info["dynamic"])
@@ -384,6 +399,9 @@ def make_parser() -> argparse.ArgumentParser:
         "(default: max for data with defect masks, else mse)",
     )
     p.add_argument("--fpr", type=float, default=0.05, help="false-positive rate on validation data (default: 0.05)")
+    p.add_argument(
+        "--sigmas", type=float, metavar="K", help="threshold at the validation scores' mean + K standard deviations"
+    )
     p.add_argument("--anomaly-class", type=int, help="label counted as anomalous (for ROC-AUC)")
     p.add_argument("--out", help="CSV of per-sample scores")
     p.add_argument(
@@ -425,6 +443,9 @@ def make_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.05,
         help="with --scores: the threshold's false-positive rate on validation data (default: 0.05)",
+    )
+    p.add_argument(
+        "--sigmas", type=float, metavar="K", help="with --scores: the threshold at mean + K sd, as for score"
     )
     p.add_argument("--out", required=True, help="output file")
     p.set_defaults(func=_cmd_export)

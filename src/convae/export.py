@@ -192,10 +192,12 @@ def export_run(
     scores: bool = False,
     metric: str | None = None,
     fpr: float = 0.05,
+    sigmas: float | None = None,
 ) -> list[dict[str, Any]]:
     """Export a trained run: ``part`` (``all``: the three parts, as ``NAME.PART.EXT`` beside ``out``),
     or with ``scores`` the scorer, whose threshold is set as ``convae score`` sets it (``fpr`` on the
-    run's validation data, for ``metric``; default: max for data with defect masks, else mse)."""
+    run's validation data, or ``sigmas``: their mean plus that many standard deviations, for ``metric``;
+    default: max for data with defect masks, else mse)."""
     from convae.anomaly import default_metric, set_threshold
     from convae.run import load
 
@@ -216,8 +218,9 @@ def export_run(
         if "knn" in metric:
             raise ConvaeError(f"the {metric} score compares codes with the training set's; it is not exported")
         scorer = run.scorer(metric)
-        threshold = set_threshold(run, metric, fpr)
-        meta |= {"metric": metric, "threshold": threshold, "fpr": fpr, "smoothing": SMOOTHING}
+        threshold = set_threshold(run, metric, fpr, sigmas=sigmas)
+        rule = {"sigmas": sigmas} if sigmas is not None else {"fpr": fpr}
+        meta |= {"metric": metric, "threshold": threshold, **rule, "smoothing": SMOOTHING}
     return [
         export(run.model, path, fmt, p, normalizer=run.normalizer, scorer=scorer, metadata=meta)
         for p, path in paths.items()

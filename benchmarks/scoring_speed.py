@@ -69,10 +69,10 @@ def main() -> int:
         "threads": torch.get_num_threads(),
         "arch": args.arch,
         "size": args.size,
-        "images_per_s": round(args.batch / per_batch, 1),
+        "images_per_s": float(f"{args.batch / per_batch:.4g}"),
         "large": args.large,
         "windows": len(window_starts(args.large, args.size)) ** 2,
-        "seconds_per_large_image": round(per_large, 2),
+        "seconds_per_large_image": float(f"{per_large:.3g}"),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
     print(json.dumps(row))

@@ -150,6 +150,8 @@ def test_a_run_trained_on_patches_scores_whole_images_by_sliding_windows(tmp_pat
     err = capsys.readouterr().err
     assert "--crop 41 is larger than the samples" in err and err.count("\n") == 1
     assert not (tmp_path / "r2").exists()
+    assert main(["train", "--data", f"mvtec:{tmp_path / 'set'}", "--crop", "16", "--normalize", "zca"]) == 2
+    assert "zca whitens whole samples" in capsys.readouterr().err
 
 
 def test_scoring_data_of_another_channel_count_is_one_line(run_dir, tmp_path, capsys):

@@ -72,6 +72,7 @@ def test_train_help_shows_the_defaults_the_library_uses(capsys):
         (["--val-fraction", "1"], "--val-fraction: must be in [0, 1), not 1.0"),
         (["--weight-decay", "nan"], "--weight-decay: must be a finite number, not nan"),
         (["--tied", "maybe"], "--tied: 'maybe' is not true or false"),
+        (["--crop", "0"], "--crop: must be a positive integer, not 0"),
     ],
 )
 def test_bad_flags_are_one_line(flags, message, capsys):

@@ -4,7 +4,7 @@
     python3 benchmarks/bf16_sweep.py --data fashion-mnist --steps 40
 
 Trains `conv(4,3,stride=2)` four and five times then `dense(4)` through
-`convae.train.train` with bf16 autocast on, Adam at a constant 1e-3 (the
+`convae.training.train.train` with bf16 autocast on, Adam at a constant 1e-3 (the
 defaults when the NaN was seen), for each seed and batch size, and prints each
 run's outcome: its last training loss, or the one-line error of a non-finite loss.
 """
@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from convae.config import resolve_config
 from convae.errors import ConvaeError
-from convae.train import train
+from convae.training.train import train
 
 
 def main() -> int:

@@ -5,11 +5,11 @@
     python3 benchmarks/inspection.py --ae-ssim --epochs 100       # Bergmann et al.'s nine layers
     python3 benchmarks/inspection.py --loss mse --metric mse      # the mean-error baseline
 
-Writes `convae.synthetic.inspection_set` (160 normal 128x128 textures for
+Writes `convae.data.synthetic.inspection_set` (160 normal 128x128 textures for
 training; 20 normal and 20 of each defect, scratch, hole and stain, with
 masks, for testing) to a temporary folder, trains the `inspection` preset
 (or --arch) with its recipe (what is given here overrides it) on `mvtec:` it, and scores the test split with
-`convae.anomaly.score` (pixel maps: squared residual smoothed by a 4-pixel
+`convae.inference.anomaly.score` (pixel maps: squared residual smoothed by a 4-pixel
 Gaussian). Prints one JSON line.
 """
 
@@ -44,10 +44,10 @@ def main() -> int:
     parser.add_argument("--crop", type=int, help="train on patches of this side (scored by sliding windows)")
     parser.add_argument("--size", type=int, default=128, help="image side (default 128)")
     args = parser.parse_args()
-    from convae.anomaly import score
     from convae.config import resolve_config
-    from convae.synthetic import inspection_set
-    from convae.train import train
+    from convae.data.synthetic import inspection_set
+    from convae.inference.anomaly import score
+    from convae.training.train import train
 
     with tempfile.TemporaryDirectory() as tmp:
         root = inspection_set(Path(tmp) / "set", size=args.size)

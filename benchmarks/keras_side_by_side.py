@@ -42,7 +42,7 @@ SIDES = ("keras", "keras-mirror", "torch-plain", "convae")
 def _data(samples: int) -> np.ndarray:
     """(N, 28, 28, 1) float32 in [0, 1]: Fashion-MNIST's first images or random ones.
 
-    Read by hand, not with convae.data: the Keras side runs in an interpreter
+    Read by hand, not with convae.data.sources: the Keras side runs in an interpreter
     that has no torch, and importing convae imports torch. Only Debian's
     location is looked at; elsewhere the benchmark uses random data.
     """
@@ -152,7 +152,7 @@ def child_convae(x: np.ndarray, batch: int, epochs: int) -> dict:
     import convae
     from convae.config import resolve_config
     from convae.presets import get
-    from convae.train import train
+    from convae.training.train import train
 
     with tempfile.TemporaryDirectory() as tmp:
         data_file = os.path.join(tmp, "x.npy")

@@ -3,8 +3,8 @@
     python3 benchmarks/one_class.py                      # the default preset, 15 epochs, each class in turn
     python3 benchmarks/one_class.py --classes 0,6 --epochs 5 --metrics ssim
 
-For each class K: `convae.train` with ``normal_class=K`` (training and
-validation images of class K only), then `convae.anomaly.score` on the
+For each class K: `convae.training.train` with ``normal_class=K`` (training and
+validation images of class K only), then `convae.inference.anomaly.score` on the
 official test split, where the other nine classes are the anomalies, with
 each image score of --metrics (default: mse, the mean squared error, and knn,
 the mean distance of the code to the 5 nearest training codes); prints each
@@ -42,9 +42,9 @@ def main() -> int:
     parser.add_argument("--metrics", default="mse,knn", help="image scores, each measured on the same runs")
     add_set_flag(parser, "other training settings, KEY=VALUE")
     args = parser.parse_args()
-    from convae.anomaly import score
     from convae.config import resolve_config
-    from convae.train import train
+    from convae.inference.anomaly import score
+    from convae.training.train import train
 
     extra = parse_set(parser, args.set)
     metrics = args.metrics.split(",")

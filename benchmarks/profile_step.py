@@ -3,7 +3,7 @@
     python benchmarks/profile_step.py --arch keras --batch 128           # the default device
     python benchmarks/profile_step.py --arch wide --set compile=false    # eager, for comparison
 
-It trains two epochs through `convae.train.train` (what `convae train` calls) on
+It trains two epochs through `convae.training.train.train` (what `convae train` calls) on
 Fashion-MNIST when present, else random data of its shape. The first epoch is
 warm-up (compilation, cuDNN autotuning); in the second it times the steps by the
 host clock (the loop never waits for the device, so the interval between steps is
@@ -33,7 +33,7 @@ from throughput import ARCHS, device_name, fashion_or_random, trainer_settings, 
 
 from convae.config import resolve_config
 from convae.runtime import pick_device
-from convae.train import train
+from convae.training.train import train
 
 
 def main() -> None:

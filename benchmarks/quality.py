@@ -9,7 +9,7 @@
 
 Each preset trains with its registered recipe (the same as `convae train --arch
 PRESET --data fashion-mnist`) and is evaluated on the official test split with
-`convae.evaluate.evaluate`. The table gives the wall-clock training time and
+`convae.inference.evaluate.evaluate`. The table gives the wall-clock training time and
 the machine; runs stay in --out for TensorBoard. A run longer than one sitting
 can be stopped (Ctrl-C, or the machine goes away) and finished with --resume:
 it continues from its last checkpoint with its saved settings, then is
@@ -36,8 +36,8 @@ from common import add_set_flag, parse_set
 
 from convae import checkpoint, presets
 from convae.config import TrainConfig, resolve_config
-from convae.evaluate import evaluate
-from convae.train import train
+from convae.inference.evaluate import evaluate
+from convae.training.train import train
 
 DEFAULT = ["fmnist-32", "fmnist-32-wide", "fmnist-16", "fmnist-64", "fmnist-denoise"]
 

@@ -4,7 +4,7 @@
     python3 benchmarks/scoring_speed.py --large 512     # another large side
 
 Builds the `inspection` preset (untrained weights: speed does not depend on
-them) behind `convae.scoring.Scorer`, the module `convae score` and the
+them) behind `convae.inference.scoring.Scorer`, the module `convae score` and the
 exported scorer run, with the `max` score (reconstruction, residual map,
 4-pixel smoothing, maximum). First a batch of 128x128 images (the model's own
 size); then a large image, which a run trained on 128x128 patches (`--crop
@@ -40,8 +40,8 @@ def main() -> int:
 
     import convae
     from convae import presets
-    from convae.preprocess import Normalizer
-    from convae.scoring import Scorer, window_starts
+    from convae.data.preprocess import Normalizer
+    from convae.inference.scoring import Scorer, window_starts
 
     device = torch.device(args.device)
     model = convae.build(presets.resolve(args.arch), (args.channels, args.size, args.size)).eval().to(device)

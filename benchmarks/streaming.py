@@ -34,7 +34,7 @@ ARCH = "conv(32,3,stride=2) relu conv(64,3,stride=2) relu conv(64,3,stride=2) re
 
 def step_rate(config, skip: int = 10) -> float:
     """Median images/s of a run's steps after the first ``skip``."""
-    from convae.train import train
+    from convae.training.train import train
 
     stamps: list[float] = []
     train(config, on_step=lambda step: stamps.append(time.perf_counter()))
@@ -76,7 +76,7 @@ def first_step(tmp: Path, count: int) -> None:
     from PIL import Image
 
     from convae.config import resolve_config
-    from convae.train import train
+    from convae.training.train import train
 
     folder = tmp / "images"
     folder.mkdir()

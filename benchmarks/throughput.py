@@ -6,7 +6,7 @@
 For each architecture and batch size it times
   baseline: DataLoader over a TensorDataset, float32, eager, torch.optim.Adam, BCE loss,
             loss.item() each step (as a typical user writes it);
-  convae:   convae.train.train(), the function `convae train` calls, with its
+  convae:   convae.training.train.train(), the function `convae train` calls, with its
             defaults for the device (BCE loss so that both do the same work).
 Both train the same architecture (built by convae.build) on the same data:
 Fashion-MNIST when it is on this machine, else random data of that shape.
@@ -40,10 +40,10 @@ from common import add_set_flag, parse_set
 
 import convae
 from convae.config import resolve_config
-from convae.data import floats, load
+from convae.data.sources import floats, load
 from convae.errors import ConvaeError
 from convae.runtime import pick_device
-from convae.train import train
+from convae.training.train import train
 
 ARCHS = {
     # keras.io "Convolutional autoencoder for image denoising", mirrored by convae.

@@ -4,7 +4,7 @@
     python research/probe_layers.py runs/fmnist-32-res-20261128-111648 --layers 8 --max-fit 60000
     python research/probe_layers.py runs/fmnist-32-res-20261128-111648 --layers 7 --pca 32
 
-Fits the same probe as ``convae evaluate`` (`convae.evaluate.linear_probe`: a
+Fits the same probe as ``convae evaluate`` (`convae.inference.evaluate.linear_probe`: a
 logistic regression on standardised features, fitted on a random
 ``--max-fit`` training samples with seed 0, scored on the test split) to the
 run's input, to the output of each encoder block in turn, and to the code
@@ -30,10 +30,10 @@ from sklearn.decomposition import PCA
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from convae import evaluate
 from convae.errors import ConvaeError
-from convae.run import Run, load
-from convae.spec import describe_block
+from convae.inference import evaluate
+from convae.inference.run import Run, load
+from convae.network.spec import describe_block
 
 
 @torch.no_grad()

@@ -50,7 +50,7 @@ autoencoder's noise).
 Runs on a GPU where there is one (``--device``; bf16 autocast there as on
 the CPU); the views are drawn on the CPU from one generator, so a seed gives
 the same batches on either. Prints the test MSE and the accuracy of
-`convae.evaluate.linear_probe` (a logistic regression on standardised codes)
+`convae.inference.evaluate.linear_probe` (a logistic regression on standardised codes)
 fitted on the codes of the first 20,000 training images (`convae evaluate`
 fits on a random 20,000). ``--state FILE`` keeps the run's state after each
 epoch and goes on from it, so a run too long for one sitting can be split
@@ -78,12 +78,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import convae
 from convae import checkpoint, presets
 from convae.config import LOSSES
-from convae.data import floats, load, split_validation
+from convae.data.preprocess import augment as apply_augment
+from convae.data.preprocess import jitter_brightness_contrast, resized_crops
+from convae.data.sources import floats, load, split_validation
 from convae.errors import ConvaeError
-from convae.evaluate import linear_probe
-from convae.objectives import LOSS_FUNCTIONS, nt_xent, projection_head
-from convae.preprocess import Augment, jitter_brightness_contrast, resized_crops
+from convae.inference.evaluate import linear_probe
+from convae.parsers import Augment
 from convae.runtime import pick_device
+from convae.training.objectives import LOSS_FUNCTIONS, nt_xent, projection_head
 
 OBJECTIVES = ("none", "invariance", "contrastive", "acai", "l1", "uniformity", "idec", "rotation")
 TWO_VIEWS = ("invariance", "contrastive")
@@ -339,9 +341,9 @@ def main() -> None:
             if two_views and args.crop:
                 batch = torch.cat([resized_crops(images, args.crop, generator) for _ in range(2)])
             elif two_views:
-                batch = torch.cat([augment.apply(images, 0.0, generator), augment.apply(images, 0.0, generator)])
+                batch = torch.cat([apply_augment(augment, images, 0.0, generator) for _ in range(2)])
             elif augment is not None:
-                batch = augment.apply(images, 0.0, generator)
+                batch = apply_augment(augment, images, 0.0, generator)
             else:
                 batch = images
             if args.jitter:

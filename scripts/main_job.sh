@@ -5,8 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=fashion-mnist
-if ! python3 -c "from convae.data import load; load('fashion-mnist', download=False)" 2>/dev/null; then
-    if python3 -c "from convae.data import load; load('fashion-mnist')" 2>/dev/null; then
+if ! python3 -c "from convae.data.sources import load; load('fashion-mnist', download=False)" 2>/dev/null; then
+    if python3 -c "from convae.data.sources import load; load('fashion-mnist')" 2>/dev/null; then
         :
     else
         echo "main job: Fashion-MNIST is not available (apt-get install dataset-fashion-mnist); using scikit-learn's digits instead" >&2

@@ -24,7 +24,7 @@ def run_dir(tmp_path_factory):
     from helpers import write_npz
 
     from convae.config import resolve_config
-    from convae.train import train
+    from convae.training.train import train
 
     tmp = tmp_path_factory.mktemp("ev")
     data = f"npy:{write_npz(tmp / 'd.npz', n=120)}"
@@ -35,3 +35,11 @@ def run_dir(tmp_path_factory):
     config.out, config.quiet, config.histograms = str(out), True, False
     train(config)
     return out
+
+
+@pytest.fixture
+def npz(tmp_path):
+    """96 labelled 8x8 blobs as an ``npy:`` source."""
+    from helpers import write_npz
+
+    return f"npy:{write_npz(tmp_path / 'blobs.npz')}"

@@ -45,11 +45,23 @@ def write_npz(path: Path, n: int = 96, size: int = 8, channels: int = 1) -> Path
 
 
 def train_inspection_run(tmp_path: Path, arch: str, *flags: str, **layout) -> Path:
-    """A run trained through the CLI on a synthetic inspection set (convae.synthetic) below ``tmp_path``."""
+    """A run trained through the CLI on a synthetic inspection set (convae.data.synthetic) below ``tmp_path``."""
     from convae.cli import main
-    from convae.synthetic import inspection_set
+    from convae.data.synthetic import inspection_set
 
     root = inspection_set(tmp_path / "set", **layout)
     out = tmp_path / "run"
     assert main(["train", "--data", f"mvtec:{root}", "--arch", arch, "--quiet", "--out", str(out), *flags]) == 0
     return out
+
+
+ARCH = "conv(8,3,stride=2) bn relu conv(16,3,stride=2) bn relu dense(8)"
+
+
+def small_config(npz: str, tmp_path: Path, name: str = "run", **over):
+    """A quick training config on ``npz`` (the ``npz`` fixture's source) into ``tmp_path / name``."""
+    from convae.config import resolve_config
+
+    settings = dict(data=npz, arch=ARCH, epochs=3, batch_size=16, lr=3e-3, out=str(tmp_path / name), quiet=True)
+    settings.update(over)
+    return resolve_config(settings)

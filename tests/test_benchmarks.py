@@ -7,7 +7,7 @@ import pytest
 
 from convae import checkpoint
 from convae.config import resolve_config
-from convae.train import train
+from convae.training.train import train
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 

@@ -148,7 +148,7 @@ def test_a_config_file_is_checked_as_flags_are(tmp_path):
 
 
 def test_importing_convae_and_its_spec_and_config_imports_no_torch():
-    code = "import sys, convae, convae.spec, convae.config, convae.cli; convae.cli.make_parser()"
+    code = "import sys, convae, convae.network.spec, convae.config, convae.cli; convae.cli.make_parser()"
     code += "; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "False", result.stderr

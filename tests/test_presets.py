@@ -4,7 +4,7 @@ import torch
 from convae import presets
 from convae.config import arch_of, resolve_config
 from convae.errors import ConvaeError
-from convae.model import build
+from convae.network.model import build
 
 
 @pytest.mark.parametrize("name", presets.names())

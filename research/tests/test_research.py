@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from convae.config import resolve_config
-from convae.train import train
+from convae.training.train import train
 
 RESEARCH = Path(__file__).resolve().parents[1]
 

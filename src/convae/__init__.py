@@ -1,6 +1,6 @@
 """convae: convolutional autoencoders whose decoder mirrors the encoder and restores every shape.
 
-Names load on first use, so ``import convae`` (and ``import convae.spec``) do
+Names load on first use, so ``import convae`` (and ``import convae.network.spec``) do
 not import torch until a torch-using name is touched.
 """
 
@@ -12,17 +12,17 @@ from typing import Any
 __version__ = "0.1.0"
 
 _NAMES = {
-    "AutoEncoder": "convae.model",
-    "ModelConfig": "convae.model",
-    "build": "convae.model",
-    "from_config": "convae.model",
+    "AutoEncoder": "convae.network.model",
+    "ModelConfig": "convae.network.model",
+    "build": "convae.network.model",
+    "from_config": "convae.network.model",
     "ConvaeError": "convae.errors",
-    "canonical": "convae.spec",
-    "parse": "convae.spec",
+    "canonical": "convae.network.spec",
+    "parse": "convae.network.spec",
     "TrainConfig": "convae.config",
-    "fit": "convae.train",
-    "Run": "convae.run",
-    "load": "convae.run",
+    "fit": "convae.api",
+    "Run": "convae.inference.run",
+    "load": "convae.inference.run",
 }
 
 __all__ = sorted([*_NAMES, "__version__"])

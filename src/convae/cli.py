@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 
 from convae import config as cfg
 from convae.errors import ConvaeError
+from convae.parsers import parse_bool, parse_sizes
 
 RESUME_SETTINGS = {"epochs", "max_steps", "quiet"}  # what --resume accepts beside the run
 
@@ -40,7 +41,7 @@ def _flag_type(f: dataclasses.Field) -> tuple[typing.Callable[[str], Any], str |
     kinds = [k for k in typing.get_args(typing.get_type_hints(cfg.TrainConfig)[f.name]) if k is not type(None)]
     kind = kinds[0] if kinds else typing.get_type_hints(cfg.TrainConfig)[f.name]
     if kind is bool:
-        return cfg.parse_bool, "true|false"
+        return parse_bool, "true|false"
     if kind in (int, float):
         return kind, meta["metavar"] or ("N" if kind is int else "X")
     return str, meta["metavar"]
@@ -82,7 +83,7 @@ def add_settings(parser: argparse.ArgumentParser, names: Sequence[str] | None = 
         for f in fields:
             parse, metavar = _flag_type(f)
             kwargs: dict[str, Any] = {"type": _checked(f, parse), "default": None, "metavar": metavar}
-            if parse is cfg.parse_bool:
+            if parse is parse_bool:
                 kwargs |= {"nargs": "?", "const": True}
             if f.metadata["choices"] is not None:  # checked by the type, with the config's message
                 kwargs["metavar"] = "{" + ",".join(map(str, f.metadata["choices"])) + "}"
@@ -99,7 +100,7 @@ def _settings(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
 
 def _cmd_summary(args: argparse.Namespace) -> int:
     from convae import presets
-    from convae.model import build
+    from convae.network.model import build
 
     model = build(
         presets.resolve(args.arch),
@@ -113,7 +114,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from convae.train import train
+    from convae.training.train import train
 
     settings = cfg.load_config_file(args.config) if args.config else {}
     settings.update(_settings(args, cfg.USER_FIELDS))
@@ -146,8 +147,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     import json
 
-    from convae.evaluate import evaluate
-    from convae.reports import format_table
+    from convae.inference.evaluate import evaluate
+    from convae.inference.reports import format_table
 
     result = evaluate(args.run, args.data, probe=not args.no_probe)
     if args.json:
@@ -162,7 +163,7 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     import numpy as np
 
     from convae.checkpoint import atomic_write, check_output
-    from convae.run import encode_dataset
+    from convae.inference.run import encode_dataset
 
     out = Path(args.out)
     if out.suffix not in (".npy", ".npz"):
@@ -181,7 +182,7 @@ def _cmd_encode(args: argparse.Namespace) -> int:
 
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
     from convae.checkpoint import check_output
-    from convae.reports import reconstruct
+    from convae.inference.reports import reconstruct
 
     if not args.inputs and not args.data:
         raise ConvaeError("give image files or --data")
@@ -193,12 +194,10 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    import csv
-    import io
     import json
 
-    from convae.anomaly import score
-    from convae.checkpoint import atomic_write, check_output, write_json
+    from convae.checkpoint import check_output
+    from convae.inference.anomaly import score, write_outputs
 
     for path in (args.out, args.summary):
         if path:
@@ -214,26 +213,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
         maps_dir=args.maps,
         sigmas=args.sigmas,
     )
-    scores, labels, files = result.pop("scores"), result.pop("labels"), result.pop("files")
-    written = []
-    if args.out:
-        text = io.StringIO()
-        writer = csv.writer(text)
-        extra = (["label"] if labels is not None else []) + (["file"] if files is not None else [])
-        writer.writerow(["index", "score", "flagged", *extra])
-        for i, value in enumerate(scores):
-            row = [i, f"{value:.6g}", int(value > result["threshold"])]
-            row += ([int(labels[i])] if labels is not None else []) + ([files[i]] if files is not None else [])
-            writer.writerow(row)
-        atomic_write(args.out, lambda f: f.write(text.getvalue().encode()))
-        written.append(Path(args.out))
-    if args.summary:
-        try:
-            write_json(args.summary, result)
-        except ConvaeError:
-            for path in written:  # all the outputs or none
-                path.unlink(missing_ok=True)
-            raise
+    write_outputs(result, csv_path=args.out, summary_path=args.summary)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -261,7 +241,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from convae.export import export_run
+    from convae.inference.export import export_run
 
     written = export_run(
         args.run,
@@ -294,7 +274,7 @@ def _cmd_presets(args: argparse.Namespace) -> int:
 
 
 def _shape(text: str) -> tuple[int, ...]:
-    shape = tuple(cfg.parse_sizes(text))
+    shape = tuple(parse_sizes(text))
     if not shape:
         raise argparse.ArgumentTypeError(f"'{text}' is not a shape like 1,28,28")
     return shape

@@ -27,19 +27,19 @@ from typing import Any
 
 from convae import presets
 from convae.errors import ConvaeError
-from convae.spec import OUTPUTS, UPSAMPLE
+from convae.network.spec import OUTPUTS, UPSAMPLE
+from convae.parsers import COMPILE_MODES, Augment, Noise, parse_compile, parse_image_size, parse_int_list
 
 LOSSES = ("mse", "bce", "l1", "ssim", "ssim+l1")
 NORMALIZE = ("none", "unit", "standardize", "zca")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine", "onecycle")
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")  # torch.compile's modes
 CONFIG_SUFFIXES = (".toml", ".json")
 PLACEMENTS = ("auto", "device", "host", "stream")
 INT64_MAX = 2**63 - 1
 EXPORT_FORMATS = ("onnx", "torchscript")  # `convae export`: the file formats and the parts of a model
 EXPORT_PARTS = ("autoencoder", "encoder", "decoder")
-# `convae score`'s image scores: of the reconstruction (convae.scoring), of the code (knn), of both (convae.anomaly)
+# `convae score`'s image scores: of the reconstruction (scoring), of the code (knn), of both (anomaly)
 SCORE_METRICS = ("mse", "l1", "ssim", "max", "knn", "mse+knn")
 
 
@@ -65,51 +65,6 @@ def setting(
     meta = {"help": help, "choices": choices, "bounds": bounds, "default_text": default_text}
     meta |= {"metavar": metavar, "parse": parse, "internal": internal}
     return field(default=default, metadata=meta)
-
-
-# ----------------------------------------------------------------------------- flag parsers (text -> value)
-
-
-def parse_bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"'{text}' is not true or false")
-
-
-def parse_int_list(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"'{text}' is not a list of integers like 0 or 1,7") from None
-
-
-def parse_sizes(text: str) -> list[int]:
-    """Positive integers separated by commas or x (``1,28,28``, ``32x48``); [] when the text is not that."""
-    try:
-        sizes = [int(s) for s in text.replace("x", ",").split(",") if s.strip()]
-    except ValueError:
-        return []
-    return sizes if sizes and min(sizes) >= 1 else []
-
-
-def parse_image_size(text: str) -> list[int]:
-    shape = parse_sizes(text)
-    if len(shape) == 1:
-        shape *= 2
-    if len(shape) != 2:
-        raise ValueError(f"'{text}' is not an image size like 28 or 32,48")
-    return shape
-
-
-def parse_compile(text: str) -> bool | str:
-    if text in COMPILE_MODES:
-        return text
-    try:
-        return parse_bool(text)
-    except ValueError:
-        raise ValueError(f"'{text}' is not true, false or one of {', '.join(COMPILE_MODES)}") from None
 
 
 # ----------------------------------------------------------------------------- the settings, by concern
@@ -296,8 +251,6 @@ class TrainConfig(LogSettings, RuntimeSettings, OptimSettings, ObjectiveSettings
             )
         if self.crop is not None and self.normalize == "zca":
             raise ConvaeError("--crop trains on patches; zca whitens whole samples: use normalize unit or standardize")
-        from convae.preprocess import Augment, Noise  # torch: only when a run is about to start
-
         Noise.parse(self.noise)
         Augment.parse(self.augment)
 

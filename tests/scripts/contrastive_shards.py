@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from convae import distributed
-from convae.objectives import contrastive_term, projection_head
+from convae.training import distributed
+from convae.training.objectives import contrastive_term, projection_head
 
 total, out = int(sys.argv[1]), Path(sys.argv[2])
 info, _ = distributed.setup(torch.device("cpu"))

@@ -6,7 +6,7 @@ Usage: torchrun ... fail_on_rank.py RANK STEP -- <convae train arguments>
 import os
 import sys
 
-import convae.trainer as train_module
+import convae.training.trainer as train_module
 from convae.cli import main
 from convae.errors import ConvaeError
 

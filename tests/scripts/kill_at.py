@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 
-import convae.trainer as trainer_module
+import convae.training.trainer as trainer_module
 from convae.cli import main
 
 moment, at = sys.argv[1], int(sys.argv[2])

@@ -1,0 +1,246 @@
+"""Export a trained run (autoencoder, encoder, decoder, or the whole anomaly scorer) to ONNX or TorchScript.
+
+An export answers as the trained run does on raw inputs: data in its
+original scale, as convae's loaders give it (images as floats in [0, 1],
+shaped (N, C, H, W)). The normalisation is inside the graph, and so is its
+inverse; the outputs are named (``reconstruction``, ``code``; with
+``scores``: ``reconstruction``, ``anomaly_map``, ``score``, computed by
+:mod:`convae.inference.scoring` as ``convae score`` computes them); the metadata say
+what the graph expects and what its threshold is (ONNX ``metadata_props``,
+TorchScript's ``convae.json`` extra file).
+
+The batch size is dynamic in every export; ONNX exports of architectures
+without dense layers also take any height and width, and restore odd sizes
+exactly (the output padding of each transposed convolution is computed from
+the input's shape inside the graph). A TorchScript trace holds the sizes it
+was traced at, so a TorchScript export refuses any other sample shape with
+an error that names both.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from convae import checkpoint
+from convae.config import EXPORT_FORMATS, EXPORT_PARTS
+from convae.data.preprocess import Normalizer
+from convae.errors import ConvaeError
+from convae.inference.scoring import SMOOTHING, Scorer
+from convae.network.model import AutoEncoder
+
+FORMATS, PARTS = EXPORT_FORMATS, EXPORT_PARTS
+OUTPUTS = {
+    "autoencoder": ["reconstruction"],
+    "encoder": ["code"],
+    "decoder": ["reconstruction"],
+    "scorer": ["reconstruction", "anomaly_map", "score"],
+}
+WINDOWS_NOT_EXPORTED = (
+    "this run trained on patches (--crop) and scores larger images by sliding windows, which an "
+    "exported graph does not do: export without --scores and slide the windows in your code"
+)
+LAYOUTS = {3: "N,C,L", 4: "N,C,H,W", 5: "N,C,D,H,W"}
+
+
+class _AutoEncoder(nn.Module):
+    def __init__(self, model: AutoEncoder, normalizer: Normalizer):
+        super().__init__()
+        self.model, self.normalizer = model, normalizer
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.normalizer.inverse(self.model(self.normalizer.transform(x)))
+
+
+class _Encoder(_AutoEncoder):
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model.encode(self.normalizer.transform(x))
+
+
+class _Decoder(_AutoEncoder):
+    def forward(self, z: Tensor) -> Tensor:
+        return self.normalizer.inverse(self.model.decode(z))
+
+
+class _Checked(nn.Module):
+    """A traced module behind a check of the sample shape it was traced at (TorchScript)."""
+
+    def __init__(self, traced: nn.Module, shape: list[int]):
+        super().__init__()
+        self.traced, self.shape = traced, shape
+
+    def forward(self, x: Tensor):
+        if list(x.shape[1:]) != self.shape:
+            raise RuntimeError(f"convae export: takes samples shaped {self.shape}, got {list(x.shape[1:])}")
+        return self.traced(x)
+
+
+def _module(model: AutoEncoder, normalizer: Normalizer, part: str, scorer: Scorer | None) -> tuple[nn.Module, Tensor]:
+    example = torch.rand(2, *model.input_shape)
+    if scorer is not None:
+        return scorer, example
+    if part == "autoencoder":
+        return _AutoEncoder(model, normalizer), example
+    if part == "encoder":
+        return _Encoder(model, normalizer), example
+    if part == "decoder":
+        return _Decoder(model, normalizer), torch.rand(2, *model.code_shape)
+    raise ConvaeError(f"part must be one of {', '.join(PARTS)}, not {part!r}")
+
+
+def export(
+    model: AutoEncoder,
+    path: str | Path,
+    fmt: str = "onnx",
+    part: str = "autoencoder",
+    *,
+    normalizer: Normalizer | None = None,
+    scorer: Scorer | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write ``part`` of ``model`` (with ``normalizer`` inside; none: inputs as the network takes them),
+    or the whole ``scorer``, to ``path``; returns what was written, its outputs and which axes are dynamic."""
+    if fmt not in FORMATS:
+        raise ConvaeError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    model = model.eval().to("cpu", memory_format=torch.contiguous_format)
+    normalizer = normalizer or Normalizer("none")
+    if scorer is not None:
+        scorer = scorer.eval().to("cpu")
+        if scorer.window is not None:
+            raise ConvaeError(WINDOWS_NOT_EXPORTED)
+        part = "scorer"
+    module, example = _module(model, normalizer, part, scorer)
+    zca = normalizer.mode == "zca"  # a whitening matrix of the trained sample size
+    spatial_dynamic = part != "decoder" and not model.has_dense and not zca and fmt == "onnx"
+    names = OUTPUTS[part]
+    meta = {
+        **(metadata or {}),
+        "part": part,
+        "input": "code" if part == "decoder" else "input",
+        "input_layout": "N,D" if part == "decoder" else LAYOUTS.get(example.dim(), "N,C,..."),
+        "input_shape": list(example.shape[1:]),
+        "outputs": names,
+    }
+    path = Path(path)
+    if fmt == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(module, example, check_trace=False)
+            scripted = torch.jit.script(_Checked(traced, list(example.shape[1:])))
+        extra = {"convae.json": json.dumps(meta)}
+        checkpoint.atomic_write(path, lambda f: torch.jit.save(scripted, f, _extra_files=extra))
+    else:
+        _export_onnx(module, example, path, spatial_dynamic, meta["input"], names, meta)
+    dims = ["batch"] + (["spatial"] if spatial_dynamic else [])
+    return {"path": str(path), "format": fmt, "part": part, "outputs": names, "dynamic": dims}
+
+
+def _export_onnx(
+    module: nn.Module, example: Tensor, path: Path, spatial_dynamic: bool, input_name: str, names: list[str], meta: dict
+) -> None:
+    try:
+        import onnxscript  # noqa: F401  (the exporter needs it)
+    except ImportError:
+        raise ConvaeError("ONNX export needs the onnx and onnxscript packages: pip install 'convae[export]'") from None
+    batch = torch.export.Dim("batch", min=1)
+    shapes = {0: batch}
+    if spatial_dynamic:
+        for axis in range(2, example.dim()):
+            shapes[axis] = torch.export.Dim.AUTO
+    # The exporter logs a warning per torchvision op it skips when torchvision is absent (convae never uses them).
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    try:
+        exporter_log.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                module,
+                (example,),
+                dynamic_shapes=({**shapes},),
+                input_names=[input_name],
+                output_names=names,
+                dynamo=True,
+                verbose=False,
+                external_data=False,
+            )
+    except Exception as err:  # the exporter raises many kinds; the first line says what failed
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConvaeError(f"this model cannot be exported to ONNX: {first[:300]}") from None
+    finally:
+        exporter_log.setLevel(level)
+    proto = program.model_proto
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = f"convae.{key}", value if isinstance(value, str) else json.dumps(value)
+    # The model exported; writing the file can still fail, and says so, not that the model is at fault.
+    checkpoint.atomic_write(path, lambda f: f.write(proto.SerializeToString()))
+
+
+def export_run(
+    run_dir: str | Path,
+    out: str | Path,
+    fmt: str = "onnx",
+    part: str = "autoencoder",
+    *,
+    scores: bool = False,
+    metric: str | None = None,
+    fpr: float = 0.05,
+    sigmas: float | None = None,
+) -> list[dict[str, Any]]:
+    """Export a trained run: ``part`` (``all``: the three parts, as ``NAME.PART.EXT`` beside ``out``),
+    or with ``scores`` the scorer, whose threshold is set as ``convae score`` sets it (``fpr`` on the
+    run's validation data, or ``sigmas``: their mean plus that many standard deviations, for ``metric``;
+    default: max for data with defect masks, else mse)."""
+    from convae.inference.anomaly import default_metric, set_threshold
+    from convae.inference.run import load
+
+    out = Path(out)
+    if scores and part != "autoencoder":
+        raise ConvaeError("--scores exports the whole scorer: give no --part")
+    parts = list(PARTS) if part == "all" else [part]
+    paths = {p: out if len(parts) == 1 else out.with_name(f"{out.stem}.{p}{out.suffix}") for p in parts}
+    for path in paths.values():
+        checkpoint.check_output(path)
+    run = load(run_dir)
+    meta = run_metadata(run.config, run.normalizer)
+    scorer = None
+    if scores:
+        if run.config.crop is not None:
+            raise ConvaeError(WINDOWS_NOT_EXPORTED)  # before the threshold is set, which takes a while
+        metric = metric or default_metric(run.own_data())
+        if "knn" in metric:
+            raise ConvaeError(f"the {metric} score compares codes with the training set's; it is not exported")
+        scorer = run.scorer(metric)
+        threshold = set_threshold(run, metric, fpr, sigmas=sigmas)
+        rule = {"sigmas": sigmas} if sigmas is not None else {"fpr": fpr}
+        meta |= {"metric": metric, "threshold": threshold, **rule, "smoothing": SMOOTHING}
+    return [
+        export(run.model, path, fmt, p, normalizer=run.normalizer, scorer=scorer, metadata=meta)
+        for p, path in paths.items()
+    ]
+
+
+def run_metadata(config: Any, normalizer: Normalizer) -> dict[str, Any]:
+    """What a user of an export needs to know of the run: its architecture and the inputs' range."""
+    from convae import __version__
+    from convae.config import arch_of
+
+    arch = arch_of(config)
+    if normalizer.mode == "unit":
+        value_range: Any = [float(normalizer.state["low"]), float(normalizer.state["high"])]
+    else:
+        value_range = f"the training data's (normalize {normalizer.mode}, inside the graph)"
+    return {
+        "convae_version": __version__,
+        "arch": arch if isinstance(arch, str) else json.dumps(arch),
+        "data": config.data,
+        "normalize": normalizer.mode,
+        "value_range": value_range,
+    }

@@ -250,3 +250,54 @@ def test_res_block_errors():
         convae.build("conv(4,3) res(3)", (1, 8, 8), tied=True)
     with pytest.raises(ConvaeError, match="needs spatial input"):
         convae.build("dense(4) res(3)", (1, 8, 8))
+
+
+# ----------------------------------------------------------------------------- skip connections (U-Nets)
+UNET = "conv(4,3) relu skip conv(8,3,stride=2) relu skip(add) maxpool(2) conv(8,3,stride=2) relu"
+
+
+@pytest.mark.parametrize("size", [(13,), (13, 11), (9, 7, 5)])
+def test_a_unet_restores_odd_sizes_in_every_dimension(size):
+    model = convae.build(UNET, (2, *size))
+    x = torch.rand(3, 2, *size)
+    assert model(x).shape == x.shape
+    other = tuple(s + 4 for s in size)  # fully convolutional: other sizes too
+    assert model(torch.rand(1, 2, *other)).shape == (1, 2, *other)
+
+
+def test_the_decoder_joins_each_skip_where_its_blocks_mirror_begins():
+    model = convae.build("conv(4,3) relu skip(add) conv(4,3,stride=2) relu skip conv(8,3,stride=2)", (1, 9, 7))
+    model.eval()
+    x = torch.rand(2, 1, 9, 7)
+    e1, _ = model.encoder[0](x)
+    e2, _ = model.encoder[1](e1)
+    z, _ = model.encoder[2](e2)
+    d = model.decoder[0](z, list(e2.shape[1:]), None)  # the mirror of block 3 restores block 2's output
+    d = model.joins["1"].merge(torch.cat([d, e2], 1))  # cat: concatenated, merged by a 1x1 convolution
+    d = model.decoder[1](d, list(e1.shape[1:]), None)
+    d = d + e1  # add
+    d = model.decoder[2](d, list(x.shape[1:]), None)
+    assert torch.allclose(model(x), d, atol=1e-6)
+    text = model.summary()
+    assert "join skip(cat) convT(4,3,stride=2)" in text and "join skip(add) convT(1,3)" in text
+
+
+def test_skips_refused_where_they_cannot_line_up_and_decode_alone_needs_the_encoder():
+    with pytest.raises(ConvaeError, match=r"layer 2 'skip': cannot line up across the dense layer at layer 4"):
+        convae.build("conv(4,3) skip conv(4,3,stride=2) dense(6)", (1, 9, 9))
+    with pytest.raises(ConvaeError, match="last block's output is the code"):
+        convae.build("conv(4,3) conv(4,3) skip", (1, 9, 9))
+    with pytest.raises(ConvaeError, match="skip must end its block"):
+        convae.build("conv(4,3) skip relu conv(4,3)", (1, 9, 9))
+    with pytest.raises(ConvaeError, match="mode='both' is not one of cat, add"):
+        convae.build("conv(4,3) skip(both) conv(4,3)", (1, 9, 9))
+    model = convae.build(UNET, (2, 9, 9))
+    with pytest.raises(ConvaeError, match="skip connections"):
+        model.decode(model.encode(torch.rand(1, 2, 9, 9)))
+
+
+def test_a_model_without_skips_keeps_its_state_dict_keys():
+    keys = set(convae.build("conv(4,3,stride=2) bn relu dense(6)", (1, 9, 9)).state_dict())
+    assert not any(k.startswith("joins") for k in keys)
+    assert convae.canonical("conv(4,3) relu skip(cat) conv(4,3)") == "conv(4,3) relu skip conv(4,3)"
+    assert convae.canonical("conv(4,3) skip(add) conv(4,3)") == "conv(4,3) skip(add) conv(4,3)"

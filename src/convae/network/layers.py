@@ -80,6 +80,21 @@ def post_layer(layer: LayerSpec, shape: Sequence[int]) -> nn.Module:
     raise TypeError(f"not a post layer: {layer!r}")
 
 
+class Join(nn.Module):
+    """Where a skip connection meets the decoder: ``cat`` concatenates the decoder's features with the
+    encoder's and merges them back to ``channels`` with a 1x1 convolution; ``add`` sums them."""
+
+    def __init__(self, mode: str, channels: int, dims: int):
+        super().__init__()
+        self.mode = mode
+        self.merge = LAYERS["conv", dims](2 * channels, channels, 1) if mode == "cat" else None
+
+    def forward(self, z: Tensor, skip: Tensor) -> Tensor:
+        if self.merge is None:
+            return z + skip
+        return self.merge(torch.cat([z, skip], dim=1))
+
+
 def _pad_pairs(pads: Sequence[tuple[int, int]]) -> list[int]:
     # F.pad wants (last axis before, last axis after, previous axis ...).
     return [p for before_after in reversed(pads) for p in before_after]

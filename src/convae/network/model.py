@@ -10,6 +10,10 @@ with the output activation.
 During ``forward`` the encoder records the size each block saw and the
 switches of every max pooling; the decoder uses them to restore exactly the
 input shape. ``decode`` on its own uses the sizes inferred at build time.
+
+A block ending in ``skip`` also hands its output to the decoder, which joins it
+(:class:`~convae.network.layers.Join`) to its own features just before that
+block's mirror: declared this way, a U-Net is an autoencoder with skips.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from convae.errors import ConvaeError
-from convae.network.layers import ACTIVATIONS, down_layer, post_layer, up_layer
+from convae.network.layers import ACTIVATIONS, Join, down_layer, post_layer, up_layer
 from convae.network.spec import (
     OUTPUTS,
     UPSAMPLE,
@@ -33,12 +37,14 @@ from convae.network.spec import (
     Dense,
     Res,
     Shape,
+    Skip,
     WeightLayer,
     canonical,
     describe,
     describe_block,
     infer_shapes,
     parse,
+    skip_of,
     to_blocks,
 )
 
@@ -64,7 +70,7 @@ class EncoderBlock(nn.Module):
         super().__init__()
         self.spec = block
         self.down = down_layer(block.layer, in_shape)
-        self.post = nn.Sequential(*(post_layer(p, out_shape) for p in block.post))
+        self.post = nn.Sequential(*(post_layer(p, out_shape) for p in block.post if not isinstance(p, Skip)))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         y, switches = self.down(x)
@@ -138,10 +144,20 @@ class AutoEncoder(nn.Module):
             if i == 0:
                 post = nn.Sequential(ACTIVATIONS[output](Act(output)))
             else:
-                post = nn.Sequential(*(post_layer(p, self.shapes[i]) for p in blocks[i - 1].post))
+                post = nn.Sequential(
+                    *(post_layer(p, self.shapes[i]) for p in blocks[i - 1].post if not isinstance(p, Skip))
+                )
             up = up_layer(self.encoder[i].down, tied, upsample)
             decoder.append(DecoderBlock(up, post, _up_label(blocks[i].layer, self.shapes[i], upsample)))
         self.decoder = nn.ModuleList(decoder)
+        # Block i's skip meets the decoder where block i's mirror begins, at shapes[i + 1].
+        self.joins = nn.ModuleDict(
+            {
+                str(i): Join(skip.mode, self.shapes[i + 1][0], len(self.shapes[i + 1]) - 1)
+                for i, b in enumerate(blocks)
+                if (skip := skip_of(b)) is not None
+            }
+        )
 
     @property
     def input_shape(self) -> Shape:
@@ -164,22 +180,36 @@ class AutoEncoder(nn.Module):
         if not self.has_dense and actual != expected:
             infer_shapes(self.blocks, actual)  # raises a clear error if too small
 
-    def _encode(self, x: Tensor) -> tuple[Tensor, list[list[int]], list[Tensor | None]]:
+    @property
+    def has_skips(self) -> bool:
+        return len(self.joins) > 0
+
+    def _encode(self, x: Tensor) -> tuple[Tensor, list[list[int]], list[Tensor | None], dict[str, Tensor]]:
         self._check_input(x)
-        sizes, switches = [], []
-        for block in self.encoder:
+        sizes, switches, skips = [], [], {}
+        for i, block in enumerate(self.encoder):
             sizes.append(list(x.shape[1:]))
             x, s = block(x)
             switches.append(s)
-        return x, sizes, switches
+            if str(i) in self.joins:
+                skips[str(i)] = x
+        return x, sizes, switches, skips
 
     def encode(self, x: Tensor) -> Tensor:
         """The code of each sample: ``(N, *code_shape)``."""
         return self._encode(x)[0]
 
-    def _decode(self, z: Tensor, sizes: Sequence[Sequence[int]], switches: Sequence[Tensor | None]) -> Tensor:
+    def _decode(
+        self,
+        z: Tensor,
+        sizes: Sequence[Sequence[int]],
+        switches: Sequence[Tensor | None],
+        skips: dict[str, Tensor] | None = None,
+    ) -> Tensor:
         for i, block in enumerate(self.decoder):
             j = len(self.decoder) - 1 - i
+            if skips and str(j) in skips:
+                z = self.joins[str(j)](z, skips[str(j)])
             z = block(z, sizes[j], switches[j])
         return z
 
@@ -191,6 +221,8 @@ class AutoEncoder(nn.Module):
         recorded switches, max pooling is undone by nearest-neighbour
         unpooling (each value copied to its whole window).
         """
+        if self.has_skips:
+            raise ConvaeError("this model has skip connections: its decoder needs the encoder's outputs, not codes")
         shapes = self.shapes if output_shape is None else infer_shapes(self.blocks, tuple(output_shape))
         if tuple(z.shape[1:]) != shapes[-1] and not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
             hint = "" if output_shape is not None else "; pass output_shape= to decode to another size"
@@ -200,8 +232,8 @@ class AutoEncoder(nn.Module):
         return self._decode(z, [list(s) for s in shapes[:-1]], [None] * len(self.decoder))
 
     def forward(self, x: Tensor) -> Tensor:
-        z, sizes, switches = self._encode(x)
-        return self._decode(z, sizes, switches)
+        z, sizes, switches, skips = self._encode(x)
+        return self._decode(z, sizes, switches, skips)
 
     def forward_with_code(self, x: Tensor, decoded: int | None = None) -> tuple[Tensor, Tensor]:
         """The reconstruction and the code of each sample from one pass (for a training term on the codes).
@@ -209,11 +241,11 @@ class AutoEncoder(nn.Module):
         With ``decoded``, only the first ``decoded`` samples are reconstructed: the
         others are there for their codes alone (a contrastive term's views).
         """
-        z, sizes, switches = self._encode(x)
+        z, sizes, switches, skips = self._encode(x)
         if decoded is None:
-            return self._decode(z, sizes, switches), z
+            return self._decode(z, sizes, switches, skips), z
         kept = [s if s is None else s[:decoded] for s in switches]
-        return self._decode(z[:decoded], sizes, kept), z
+        return self._decode(z[:decoded], sizes, kept, {k: v[:decoded] for k, v in skips.items()}), z
 
     def summary(self) -> str:
         """A table of encoder and decoder blocks with output shapes and parameter counts."""
@@ -223,7 +255,11 @@ class AutoEncoder(nn.Module):
         for i, module in enumerate(self.decoder):
             j = len(self.decoder) - 1 - i
             post = " ".join(_post_name(m) for m in module.post)
-            rows.append((f"D{j + 1}", f"{module.label} {post}".strip(), str(self.shapes[j]), f"{_count(module):,}"))
+            label, params = module.label, _count(module)
+            if str(j) in self.joins:  # the join happens first, on the way into the mirror
+                join = self.joins[str(j)]
+                label, params = f"join skip({join.mode}) {label}", params + _count(join)
+            rows.append((f"D{j + 1}", f"{label} {post}".strip(), str(self.shapes[j]), f"{params:,}"))
         headers = ("block", "layers", "output shape", "params")
         widths = [max(len(h), *(len(r[k]) for r in rows)) for k, h in enumerate(headers)]
 

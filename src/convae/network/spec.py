@@ -37,6 +37,11 @@ silu, tanh,
 sigmoid
 leakyrelu      a=0.01                                leaky ReLU with negative slope a.
 dropout        p=0.5                                 dropout with probability p.
+skip           mode=cat                              a skip connection (U-Net): the block's output
+                                                     is joined to the decoder where its mirror
+                                                     begins, at the same shape. ``cat``
+                                                     concatenates and merges the channels back
+                                                     with a 1x1 convolution; ``add`` sums.
 =============  ====================================  ==========================================
 
 Booleans are ``true``/``false`` (any case). The same layers can be given as a
@@ -49,8 +54,20 @@ list, for config files: each item either a string in the grammar above
 Blocks
 ------
 A *weight layer* (conv, maxpool, avgpool, dense, res) starts a block; the bn,
-activation and dropout layers that follow it belong to that block. A spec must
+activation, dropout and skip layers that follow it belong to that block. A spec must
 start with a weight layer. The decoder mirrors the blocks in reverse order.
+
+Skip connections
+----------------
+``skip`` ends a block whose output the decoder receives again: a U-Net is an
+autoencoder whose blocks carry skips, declared like any other::
+
+    conv(16,3) relu skip conv(32,3,stride=2) relu skip conv(64,3,stride=2) relu
+
+Decoder block *i* (the mirror of encoder block *i*) starts at the shape
+encoder block *i* gave, so the two always line up, odd sizes included. A skip
+cannot end the last block (its output is the code) nor sit before a dense
+layer (a flat code has no spatial layout to join across).
 """
 
 from __future__ import annotations
@@ -161,8 +178,16 @@ class Dropout(_Layer):
     p: float = 0.5
 
 
+SKIP_MODES = ("cat", "add")
+
+
+@dataclass(frozen=True)
+class Skip(_Layer):
+    mode: str = "cat"
+
+
 WeightLayer = Conv | Pool | Dense | Res
-PostLayer = Norm | Act | Dropout
+PostLayer = Norm | Act | Dropout | Skip
 LayerSpec = WeightLayer | PostLayer
 
 ACTIVATIONS = ("relu", "leakyrelu", "gelu", "silu", "tanh", "sigmoid")
@@ -177,6 +202,7 @@ _GRAMMAR: dict[str, tuple[type, tuple[str, ...], tuple[str, ...], dict[str, Any]
     "res": (Res, ("kernel",), ("act",), {}),
     "bn": (Norm, (), (), {}),
     "dropout": (Dropout, ("p",), (), {}),
+    "skip": (Skip, ("mode",), (), {}),
     "leakyrelu": (Act, ("slope",), (), {"name": "leakyrelu"}),
     **{a: (Act, (), (), {"name": a}) for a in ACTIVATIONS if a != "leakyrelu"},
 }
@@ -246,6 +272,10 @@ def _convert(key: str, value: Any, where: str) -> Any:
     if key == "act":
         if str(value).lower() not in ACTIVATIONS:
             raise fail(f"an activation ({', '.join(ACTIVATIONS)})")
+        return str(value).lower()
+    if key == "mode":
+        if str(value).lower() not in SKIP_MODES:
+            raise fail(f"one of {', '.join(SKIP_MODES)}")
         return str(value).lower()
     if key in ("p", "slope"):
         try:
@@ -355,16 +385,36 @@ def parse(arch: str | Sequence[str | dict]) -> list[LayerSpec]:
 
 
 def to_blocks(layers: Sequence[LayerSpec]) -> list[Block]:
-    """Group layers into blocks: each weight layer with the layers after it."""
+    """Group layers into blocks: each weight layer with the layers after it. Checks that skips
+    can line up (:func:`skip_of`)."""
     blocks: list[Block] = []
     for layer in layers:
         if isinstance(layer, WeightLayer):
             blocks.append(Block(layer))
         elif not blocks:
             raise ConvaeError(f"{layer.where}: a spec must start with conv, maxpool, avgpool, dense or res")
+        elif blocks[-1].post and isinstance(blocks[-1].post[-1], Skip):
+            raise ConvaeError(f"{layer.where}: skip must end its block (it passes on the block's output)")
         else:
             blocks[-1] = Block(blocks[-1].layer, (*blocks[-1].post, layer))
+    for i, block in enumerate(blocks):
+        skip = skip_of(block)
+        if skip is None:
+            continue
+        if i == len(blocks) - 1:
+            raise ConvaeError(f"{skip.where}: the last block's output is the code; a skip would join it to itself")
+        dense = next((b.layer for b in blocks[i:] if isinstance(b.layer, Dense)), None)
+        if dense is not None:
+            raise ConvaeError(
+                f"{skip.where}: cannot line up across the dense layer at {dense.where} "
+                "(a flat code has no spatial layout to join); a U-Net is convolutional"
+            )
     return blocks
+
+
+def skip_of(block: Block) -> Skip | None:
+    """The block's skip connection, if it has one (it ends the block)."""
+    return block.post[-1] if block.post and isinstance(block.post[-1], Skip) else None
 
 
 def infer_shapes(blocks: Sequence[Block], input_shape: Shape) -> list[Shape]:
@@ -424,6 +474,8 @@ def describe(layer: LayerSpec) -> str:
         return "bn"
     if isinstance(layer, Dropout):
         return f"dropout({layer.p:g})"
+    if isinstance(layer, Skip):
+        return "skip" if layer.mode == "cat" else f"skip({layer.mode})"
     if layer.name == "leakyrelu":
         return f"leakyrelu({layer.slope:g})"
     return layer.name
@@ -450,10 +502,12 @@ __all__ = [
     "Pool",
     "Res",
     "Shape",
+    "Skip",
     "canonical",
     "describe",
     "infer_shapes",
     "parse",
+    "skip_of",
     "to_blocks",
 ]
 

@@ -1,7 +1,8 @@
 """Visual inspection on the synthetic set: image and pixel ROC-AUC and AUPRO, per defect type.
 
-    python3 benchmarks/inspection.py                              # the inspection preset and its recipe
-    python3 benchmarks/inspection.py --size 256 --crop 128        # 128-pixel patches, sliding windows
+    python3 benchmarks/inspection.py                              # the inspection preset (DRAEM) and its recipe
+    python3 benchmarks/inspection.py --arch ae-ssim               # the residual-only AE-SSIM preset
+    python3 benchmarks/inspection.py --arch ae-ssim --size 256 --crop 128   # patches, sliding windows
     python3 benchmarks/inspection.py --ae-ssim --epochs 100       # Bergmann et al.'s nine layers
     python3 benchmarks/inspection.py --loss mse --metric mse      # the mean-error baseline
 
@@ -9,8 +10,8 @@ Writes `convae.data.synthetic.inspection_set` (160 normal 128x128 textures for
 training; 20 normal and 20 of each defect, scratch, hole and stain, with
 masks, for testing) to a temporary folder, trains the `inspection` preset
 (or --arch) with its recipe (what is given here overrides it) on `mvtec:` it, and scores the test split with
-`convae.inference.anomaly.score` (pixel maps: squared residual smoothed by a 4-pixel
-Gaussian). Prints one JSON line.
+`convae.inference.anomaly.score` (pixel maps: the segmenter's, or the squared residual, smoothed by a
+4-pixel Gaussian). Prints one JSON line. Real photographs: benchmarks/real_inspection.py.
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = inspection_set(Path(tmp) / "set", size=args.size)
         arch = AE_SSIM if args.ae_ssim else args.arch
-        preset = arch == "inspection"
+        from convae import presets
+
+        preset = presets.is_preset(arch)
         given = dict(loss=args.loss, epochs=args.epochs, batch_size=args.batch_size, crop=args.crop)
         fallback = {} if preset else dict(loss="ssim", epochs=30, batch_size=16)
         settings = fallback | {k: v for k, v in given.items() if v is not None}
@@ -64,7 +67,7 @@ def main() -> int:
         r = score(Path(tmp) / "run", metric=args.metric)
     keys = ("image_auroc", "pixel_auroc", "aupro")
     row = {
-        "arch": "ae-ssim" if args.ae_ssim else args.arch if preset else "custom",
+        "arch": "bergmann" if args.ae_ssim else args.arch if preset else "custom",
         "loss": config.loss,
         "metric": r["metric"],
     }

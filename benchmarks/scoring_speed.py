@@ -4,9 +4,10 @@
     python3 benchmarks/scoring_speed.py --large 512     # another large side
 
 Builds the `inspection` preset (untrained weights: speed does not depend on
-them) behind `convae.inference.scoring.Scorer`, the module `convae score` and the
-exported scorer run, with the `max` score (reconstruction, residual map,
-4-pixel smoothing, maximum). First a batch of 128x128 images (the model's own
+them), with its segmenter, behind `convae.inference.scoring.Scorer`, the module
+`convae score` and the exported scorer run, with the `max` score
+(reconstruction, the segmenter's map or the residual, 4-pixel smoothing,
+maximum); `--arch ae-ssim` times the residual-only preset. First a batch of 128x128 images (the model's own
 size); then a large image, which a run trained on 128x128 patches (`--crop
 128`) reconstructs by windows overlapping by half, blended. Prints one JSON
 line: images/s, seconds per large image, windows per large image, and the
@@ -44,9 +45,16 @@ def main() -> int:
     from convae.inference.scoring import Scorer, window_starts
 
     device = torch.device(args.device)
-    model = convae.build(presets.resolve(args.arch), (args.channels, args.size, args.size)).eval().to(device)
-    whole = Scorer(model, Normalizer("none"), "max")
-    windows = Scorer(model, Normalizer("none"), "max", window=args.size)
+    shape = (args.channels, args.size, args.size)
+    model = convae.build(presets.resolve(args.arch), shape).eval().to(device)
+    recipe = presets.get(args.arch).train if presets.is_preset(args.arch) else {}
+    segmenter = None  # a DRAEM preset scores with its segmenter too
+    if recipe.get("segmenter"):
+        from convae.network.segmenter import Segmenter
+
+        segmenter = Segmenter(recipe["segmenter"], shape).eval().to(device)
+    whole = Scorer(model, Normalizer("none"), "max", segmenter=segmenter)
+    windows = Scorer(model, Normalizer("none"), "max", window=args.size, segmenter=segmenter)
 
     def timed(scorer: Scorer, x: torch.Tensor, repeats: int) -> float:
         with torch.no_grad():
@@ -68,6 +76,7 @@ def main() -> int:
         "device": str(device),
         "threads": torch.get_num_threads(),
         "arch": args.arch,
+        "segmenter": segmenter is not None,
         "size": args.size,
         "images_per_s": float(f"{args.batch / per_batch:.4g}"),
         "large": args.large,

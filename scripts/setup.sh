@@ -13,8 +13,14 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
 fi
 "$PY" -m pip install -q -e ".[dev]"
 
-# Fashion-MNIST from Debian's package, when apt is there and we may use it.
-if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-    (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
-        || echo "setup: could not install dataset-fashion-mnist; the main job will use scikit-learn's digits" >&2
+# From Debian's packages, when apt is there and we may use it: Fashion-MNIST (the main job's data) and
+# Chromium (the review page's tests open it in a real browser).
+if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    wanted=""
+    [ -d /usr/share/datasets/fashion-mnist ] || wanted="$wanted dataset-fashion-mnist"
+    command -v chromium >/dev/null || wanted="$wanted chromium"
+    if [ -n "$wanted" ]; then
+        (apt-get update -qq && apt-get install -y -qq $wanted) >/dev/null 2>&1 \
+            || echo "setup: could not install$wanted (without Fashion-MNIST the main job uses scikit-learn's digits; without chromium the review page's tests fail)" >&2
+    fi
 fi

@@ -83,3 +83,49 @@ def test_inspection_trains_and_reports_image_and_pixel_figures_per_type():
     row = json.loads(result.stdout)
     assert row["arch"] == "inspection" and set(row["per_type"]) == {"hole", "scratch", "stain"}
     assert all(0 <= row[k] <= 1 for k in ("image_auroc", "pixel_auroc", "aupro"))
+
+
+def _real_inspection():
+    import importlib
+
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        return importlib.import_module("real_inspection")
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def test_real_photograph_sets_keep_regions_apart_and_masks_exact(tmp_path):
+    import numpy as np
+    from scipy.ndimage import binary_dilation
+
+    bench = _real_inspection()
+    root = bench.build(tmp_path, "gravel", n_train=4, n_good=2, per_kind=2)
+    names = sorted(p.name for p in (root / "test").iterdir())
+    assert names == ["crack", "foreign", "good", "scratch", "smudge", "warp"]
+    rng = np.random.default_rng(0)
+    clean = bench.crops(bench.photograph("gravel"), (bench.TRAIN_ROWS, 512), 1, rng)[0]
+    # What changed lies inside the mask: exactly, but for the smudge's soft edge (within 6 pixels) and the
+    # swirl's rim, where pixels moved by less than the one pixel that the mask counts (within 12).
+    reach = {"smudge": 6, "warp": 12}
+    for kind in bench.KINDS:
+        bad, mask = bench.defect(kind, clean, bench.photograph("brick"), rng)
+        changed = (bad != clean).any(-1)
+        near = binary_dilation(mask, iterations=reach[kind]) if kind in reach else mask
+        assert mask.any() and not (changed & ~near).any(), kind
+        assert changed[mask].mean() > 0.5, kind
+    # training crops come from the top rows, test crops from below: no test pixel was trained on
+    top = bench.crops(bench.photograph("gravel"), (0, bench.TRAIN_ROWS), 50, rng)
+    assert top.shape == (50, 128, 128, 1)
+
+
+def test_the_raw_pixel_baseline_maps_each_pixel_and_finds_a_pasted_square():
+    import numpy as np
+
+    bench = _real_inspection()
+    rng = np.random.default_rng(0)
+    train = rng.random((3, 1, 32, 32)).astype(np.float32) * 0.1
+    test = train[:1].copy()
+    test[0, 0, 10:16, 10:16] = 1.0
+    maps = bench.knn_maps(train, test, bank=2000)
+    assert maps.shape == (1, 32, 32) and maps[0, 13, 13] > 5 * np.median(maps)

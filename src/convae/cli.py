@@ -199,7 +199,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
     from convae.checkpoint import check_output
     from convae.inference.anomaly import score, write_outputs
 
-    for path in (args.out, args.summary):
+    for path in (args.out, args.summary, args.report):
         if path:
             check_output(path)
     if args.maps:
@@ -212,8 +212,14 @@ def _cmd_score(args: argparse.Namespace) -> int:
         anomaly_class=args.anomaly_class,
         maps_dir=args.maps,
         sigmas=args.sigmas,
+        report=args.report,
     )
-    write_outputs(result, csv_path=args.out, summary_path=args.summary)
+    try:
+        write_outputs(result, csv_path=args.out, summary_path=args.summary)
+    except ConvaeError:
+        if args.report:  # all the outputs or none
+            Path(args.report).unlink(missing_ok=True)
+        raise
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -390,6 +396,12 @@ def make_parser() -> argparse.ArgumentParser:
         help="folder of heat-map overlays of the highest-scoring images: input | map | defect mask",
     )
     p.add_argument("--summary", help="JSON file for the threshold and metrics")
+    p.add_argument(
+        "--report",
+        metavar="PAGE.html",
+        help="a self-contained HTML page to review the results: metrics, plots, every test image by score "
+        "with its heat map, a threshold you can move",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_cmd_score)
 
@@ -407,7 +419,8 @@ def make_parser() -> argparse.ArgumentParser:
         "--part",
         default="autoencoder",
         choices=(*cfg.EXPORT_PARTS, "all"),
-        help="what to export (default: autoencoder; all: the three, as NAME.PART.EXT beside --out)",
+        help="what to export (default: autoencoder; segmenter: DRAEM's anomaly map alone; "
+        "all: every part the run has, as NAME.PART.EXT beside --out)",
     )
     p.add_argument(
         "--scores",

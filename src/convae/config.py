@@ -28,9 +28,9 @@ from typing import Any
 from convae import presets
 from convae.errors import ConvaeError
 from convae.network.spec import OUTPUTS, UPSAMPLE
-from convae.parsers import COMPILE_MODES, Augment, Noise, parse_compile, parse_image_size, parse_int_list
+from convae.parsers import COMPILE_MODES, Augment, Noise, parse_compile, parse_image_size, parse_int_list, parse_sources
 
-LOSSES = ("mse", "bce", "l1", "ssim", "ssim+l1")
+LOSSES = ("mse", "bce", "l1", "ssim", "ssim+l1", "ssim+mse")
 NORMALIZE = ("none", "unit", "standardize", "zca")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine", "onecycle")
@@ -38,7 +38,7 @@ CONFIG_SUFFIXES = (".toml", ".json")
 PLACEMENTS = ("auto", "device", "host", "stream")
 INT64_MAX = 2**63 - 1
 EXPORT_FORMATS = ("onnx", "torchscript")  # `convae export`: the file formats and the parts of a model
-EXPORT_PARTS = ("autoencoder", "encoder", "decoder")
+EXPORT_PARTS = ("autoencoder", "encoder", "decoder", "segmenter")
 # `convae score`'s image scores: of the reconstruction (scoring), of the code (knn), of both (anomaly)
 SCORE_METRICS = ("mse", "l1", "ssim", "max", "knn", "mse+knn")
 
@@ -156,6 +156,17 @@ class ObjectiveSettings:
     contrastive_jitter: float = setting(1.0, "brightness and contrast jitter of the contrastive views", bounds="[0, 1]")
     contrastive_head: int = setting(64, "output size of the contrastive projection head", bounds="[1, inf)")
     contrastive_tau: float = setting(0.5, "temperature of the contrastive term", bounds="(0, inf)")
+    # DRAEM: a U-Net segments synthetic anomalies from the input and its reconstruction (convae.data.anomalies).
+    segmenter: str | None = setting(
+        None,
+        "architecture of a U-Net trained to segment synthetic anomalies from the input and its reconstruction "
+        "(DRAEM); the autoencoder learns to restore the clean image (2-D images)",
+        metavar="ARCH",
+    )
+    anomaly_sources: str = setting(
+        "shuffle+patch+texture+colour", "what fills the synthetic anomalies, joined by + (with --segmenter)"
+    )
+    anomaly_fraction: float = setting(0.5, "share of training images given a synthetic anomaly", bounds="(0, 1]")
 
 
 @dataclass
@@ -252,6 +263,15 @@ class TrainConfig(LogSettings, RuntimeSettings, OptimSettings, ObjectiveSettings
         if self.crop is not None and self.normalize == "zca":
             raise ConvaeError("--crop trains on patches; zca whitens whole samples: use normalize unit or standardize")
         Noise.parse(self.noise)
+        parse_sources(self.anomaly_sources)
+        if self.segmenter is not None:
+            from convae.network.spec import parse, to_blocks  # torch-free, as the grammar is
+
+            to_blocks(parse(self.segmenter))
+            if self.spatial_dims not in (None, 2):
+                raise ConvaeError(f"--segmenter segments 2-D images, not data of --spatial-dims {self.spatial_dims}")
+            if self.contrastive:
+                raise ConvaeError("give --segmenter or --contrastive, not both")
         Augment.parse(self.augment)
 
     def to_dict(self) -> dict[str, Any]:

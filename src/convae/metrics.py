@@ -50,17 +50,17 @@ def ssim_map(a: Tensor, b: Tensor, data_range: float, window: int = SSIM_WINDOW)
     coords = torch.arange(window, dtype=torch.float64) - window // 2
     g = torch.exp(-(coords**2) / (2 * SSIM_SIGMA**2))
     g = (g / g.sum()).to(device=a.device, dtype=a.dtype)
-    channels = a.shape[1]
-    kernel = (g[:, None] * g[None, :]).expand(channels, 1, window, window).contiguous()
-
-    def blur(x: Tensor) -> Tensor:
-        return F.conv2d(x, kernel, groups=channels)
-
+    # The five local means in one pass, each a separable Gaussian (two 1-D convolutions): the same
+    # values as five 2-D blurs, at a fraction of their cost (SSIM is a training loss here).
+    stacked = torch.cat([a, b, a * a, b * b, a * b], dim=1)
+    k = stacked.shape[1]
+    blurred = F.conv2d(stacked, g.view(1, 1, -1, 1).expand(k, 1, window, 1), groups=k)
+    blurred = F.conv2d(blurred, g.view(1, 1, 1, -1).expand(k, 1, 1, window), groups=k)
+    mu_a, mu_b, aa, bb, ab = blurred.chunk(5, dim=1)
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    mu_a, mu_b = blur(a), blur(b)
-    var_a = blur(a * a) - mu_a**2
-    var_b = blur(b * b) - mu_b**2
-    cov = blur(a * b) - mu_a * mu_b
+    var_a = aa - mu_a**2
+    var_b = bb - mu_b**2
+    cov = ab - mu_a * mu_b
     return ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
 
 
@@ -79,15 +79,11 @@ def per_sample_ssim(x: np.ndarray, x_hat: np.ndarray, data_range: float, chunk: 
     return np.concatenate(out)
 
 
-def aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3) -> float:
-    """Area under the per-region-overlap curve up to ``fpr_limit`` false-positive rate, over
-    ``fpr_limit`` (1 is perfect; a random map scores about ``fpr_limit / 2``), as MVTec AD defines it.
-
-    ``masks`` (N, H, W) are the defects (non-zero), ``maps`` the anomaly maps. Each connected
-    defect region (8-connectivity) counts once, whatever its size: at a threshold, PRO is the
-    mean over regions of the share of each flagged; FPR the share of normal pixels flagged. The
-    curve is exact at every distinct map value (no sampled thresholds).
-    """
+def pro_curve(masks: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The per-region-overlap curve of anomaly ``maps`` against defect ``masks`` (N, H, W): (false-positive
+    rate of the normal pixels, mean share of each defect region flagged), exact at every distinct map
+    value as the threshold falls, from (0, 0). Each connected defect region (8-connectivity) counts once,
+    whatever its size, as MVTec AD defines it."""
     from skimage.measure import label
 
     masks = masks.astype(bool)
@@ -107,7 +103,14 @@ def aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3) -> float:
     weight[inside] = 1.0 / (size[region[inside]] * count)
     fpr, pro = np.cumsum(normal) / normal.sum(), np.cumsum(weight)
     last = np.r_[np.flatnonzero(np.diff(values)), len(values) - 1]  # ties: one point per distinct value
-    fpr, pro = np.r_[0.0, fpr[last]], np.r_[0.0, pro[last]]
+    return np.r_[0.0, fpr[last]], np.r_[0.0, pro[last]]
+
+
+def aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3) -> float:
+    """Area under the per-region-overlap curve (:func:`pro_curve`) up to ``fpr_limit`` false-positive
+    rate, over ``fpr_limit`` (1 is perfect; a random map scores about ``fpr_limit / 2``), as MVTec AD
+    defines it."""
+    fpr, pro = pro_curve(masks, maps)
     cut = int(np.searchsorted(fpr, fpr_limit, side="right"))
     x, y = fpr[:cut], pro[:cut]
     if cut < len(fpr):  # the curve at the limit, between the points either side

@@ -8,6 +8,8 @@ grammars of a batch's corruption, each parsed once into a frozen value:
                     :class:`Noise`, applied by :func:`convae.data.preprocess.corrupt`
 ``--augment``       ``flip``, ``shift:N``, ``flip+shift:N`` (or ``none``): :class:`Augment`,
                     applied by :func:`convae.data.preprocess.augment`
+``--anomaly-        ``shuffle+patch+texture+colour`` or any of them: what fills the
+sources``           synthetic anomalies (:mod:`convae.data.anomalies`)
 ==================  ==================================================================
 """
 
@@ -21,6 +23,7 @@ from convae.errors import ConvaeError
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")  # torch.compile's modes
 NOISE_KINDS = ("gaussian", "masking", "saltpepper")
+ANOMALY_SOURCES = ("shuffle", "patch", "texture", "colour")  # convae.data.anomalies.SOURCES
 
 
 def parse_bool(text: str) -> bool:
@@ -121,3 +124,15 @@ class Augment:
 
     def __str__(self) -> str:
         return "+".join((["flip"] if self.flip else []) + ([f"shift:{self.shift}"] if self.shift else []))
+
+
+@functools.cache
+def parse_sources(text: str) -> tuple[str, ...]:
+    """Synthetic-anomaly sources joined by ``+``, each once."""
+    parts = tuple(p.strip() for p in text.split("+"))
+    bad = [p for p in parts if p not in ANOMALY_SOURCES]
+    if bad or not parts or len(set(parts)) != len(parts):
+        raise ConvaeError(
+            f"anomaly sources '{text}': expected some of {', '.join(ANOMALY_SOURCES)} joined by +, each once"
+        )
+    return parts

@@ -159,7 +159,7 @@ register(
         # Measured on the CPU: probe 0.864 on its 32-d codes (reconstruction alone: 0.826-0.840), test MSE
         # 0.00956, 1.5x the default's (benchmarks/RESULTS.md).
         {
-            "epochs": 40,
+            "epochs": 100,
             **_RECIPE,
             "weight_decay": 0.01,
             "val_fraction": 0.0,
@@ -204,16 +204,46 @@ register(
 # a 32x8x8 code at 128x128 rather than their nine to a one-pixel 100-d code. On the synthetic set their
 # network, trained 50-100 epochs, gave pixel ROC-AUC 0.92-0.93 at 128x128 and 0.70 on 128-pixel patches
 # of 256x256 images; this one 0.990 and 0.996 in 30 epochs (benchmarks/RESULTS.md, "Anomaly detection").
-_INSPECTION = (
+_AE_SSIM = (
     "conv(32,4,stride=2) relu conv(32,4,stride=2) relu conv(64,4,stride=2) relu conv(64,3,stride=2) relu conv(32,3)"
+)
+register(
+    Preset(
+        "ae-ssim",
+        _AE_SSIM,
+        "visual inspection by the residual alone (Bergmann et al.'s AE-SSIM, shortened): four strided "
+        "convolutions (4x4 kernels) to a 32x8x8 code, trained on normal 128x128 images with the SSIM loss, "
+        "30 epochs of batch 16; scored by the max of the residual map. Near chance on real photographs "
+        "(benchmarks/RESULTS.md): use inspection",
+        {"epochs": 30, "batch_size": 16, "lr": 2e-3, "optimizer": "adamw", "schedule": "onecycle", "loss": "ssim"},
+    )
+)
+# DRAEM (Zavrtanik et al., 2021) small enough for a CPU: the reconstructive autoencoder restores the clean
+# image from one with synthetic anomalies; a U-Net segments them from the input and its reconstruction.
+_INSPECTION = (
+    "conv(32,3,stride=2) bn relu conv(64,3,stride=2) bn relu conv(64,3,stride=2) bn relu conv(64,3,stride=2) bn relu"
+)
+# Its first block strides: full-resolution layers cost four times as much on a CPU (RESULTS.md).
+_SEGMENTER = (
+    "conv(16,3,stride=2) bn relu skip conv(32,3,stride=2) bn relu skip conv(64,3,stride=2) bn relu skip "
+    "conv(64,3,stride=2) bn relu"
 )
 register(
     Preset(
         "inspection",
         _INSPECTION,
-        "visual inspection of 128x128 images or patches (--crop 128): four strided convolutions (AE-SSIM's "
-        "4x4 kernels) to a 32x8x8 code, trained with the SSIM loss, 30 epochs of batch 16; score with the "
-        "max of the residual map (the default for data with masks); a minute and a half on a 2-core CPU",
-        {"epochs": 30, "batch_size": 16, "lr": 2e-3, "optimizer": "adamw", "schedule": "onecycle", "loss": "ssim"},
+        "visual inspection of 128x128 images (DRAEM, no pretrained weights): an autoencoder learns to "
+        "restore normal images from ones with synthetic anomalies (Perlin-noise regions filled from the "
+        "images' own shuffled cells, other images, procedural textures or colours) and a U-Net segments the "
+        "anomalies from the input and its reconstruction; the anomaly map is the U-Net's",
+        {
+            "segmenter": _SEGMENTER,
+            "loss": "ssim+mse",
+            "epochs": 100,
+            "batch_size": 8,
+            "lr": 2e-3,
+            "optimizer": "adamw",
+            "schedule": "onecycle",
+        },
     )
 )

@@ -51,8 +51,10 @@ def test_the_one_class_protocol_trains_on_one_class_and_scores_the_others_as_ano
     train(config)
     result = anomaly.score(tmp_path / "run", fpr=0.1)
     assert result["normal_class"] == 1 and 0 <= result["image_auroc"] == result["roc_auc"] <= 1
+    assert result["metric"] == "mse+knn"  # the one-class protocol's best measured score, by default
     assert main(["score", str(tmp_path / "run")]) == 0
-    assert "class 1 as normal, the others as anomalies: ROC-AUC" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "class 1 as normal, the others as anomalies: ROC-AUC" in printed and "threshold (mse+knn," in printed
     by_codes = anomaly.score(tmp_path / "run", metric="knn", fpr=0.1)
     assert by_codes["metric"] == "knn" and 0 <= by_codes["image_auroc"] <= 1 and by_codes["threshold"] > 0
     both = anomaly.score(tmp_path / "run", metric="mse+knn", fpr=0.1)
@@ -173,3 +175,22 @@ def test_code_distances_are_the_mean_distance_to_the_nearest_reference_codes():
     want = np.sort(distances, axis=1)[:, :5].mean(1)
     assert np.allclose(anomaly.code_distances(codes, reference), want, atol=1e-5)
     assert np.allclose(anomaly.code_distances(reference[:3], reference, k=1), 0, atol=1e-5)
+
+
+def _snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_a_score_that_fails_leaves_the_run_as_it_was(run_dir, tmp_path, capsys):
+    """The threshold is recorded in thresholds.json only once the whole command has succeeded."""
+    import numpy as np
+
+    before = _snapshot(run_dir)
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.zeros((4, 1, 9, 9), np.float32))  # the run's channels, another size: its dense layer refuses
+    assert main(["score", str(run_dir), "--data", f"npy:{bad}", "--out", str(tmp_path / "s.csv")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    assert _snapshot(run_dir) == before and not (tmp_path / "s.csv").exists()
+    assert main(["score", str(run_dir), "--fpr", "0.2"]) == 0  # a score that succeeds records its threshold
+    after = _snapshot(run_dir)
+    assert set(after) - set(before) <= {"thresholds.json"} and "mse fpr=0.2" in after["thresholds.json"].decode()

@@ -118,3 +118,29 @@ def test_a_fixed_run_computes_what_it_computed_before(tmp_path):
         assert final == FINAL and h.hexdigest() == PINNED[capability]
     else:
         assert final.keys() == FINAL.keys() and all(final[k] == pytest.approx(FINAL[k], rel=1e-4) for k in FINAL)
+
+
+def test_synthetic_anomalies_reach_the_training_input_only_and_the_target_stays_clean():
+    from convae.data.anomalies import Anomalies
+
+    raw = torch.rand(6, 1, 16, 16)
+    pipe = _pipeline(anomalies=Anomalies(("colour",), fraction=1.0))
+    train = pipe(raw, torch.Generator().manual_seed(0), train=True)
+    assert train.mask is not None and train.mask.shape == (6, 1, 16, 16)
+    assert torch.equal(train.target, (raw - 0.5) / 0.25) and not torch.equal(train.input, train.target)
+    outside = train.mask.expand_as(raw) == 0
+    assert torch.allclose(train.input[outside], train.target[outside])
+    val = pipe(raw, torch.Generator().manual_seed(0))
+    assert val.mask is None and val.input is val.target
+
+
+def test_the_focal_loss_is_cross_entropy_weighted_by_how_wrong_each_pixel_is():
+    from convae.training.objectives import focal_loss
+
+    logits = torch.tensor([[[[2.0, -1.0], [0.0, 3.0]]]])
+    mask = torch.tensor([[[[1.0, 1.0], [0.0, 0.0]]]])
+    p = torch.sigmoid(logits)
+    right = torch.where(mask > 0, p, 1 - p)
+    expected = (-(right.log()) * (1 - right) ** 2).mean()
+    assert focal_loss(logits, mask) == pytest.approx(float(expected), rel=1e-6)
+    assert focal_loss(torch.full((1, 1, 2, 2), 20.0), torch.ones(1, 1, 2, 2)) < 1e-12  # sure and right: nothing

@@ -112,3 +112,33 @@ def test_directory_states():
         other.mkdir()
         (other / "notes.txt").write_text("a user's file")
         assert rundir.state_of(other) == "foreign"
+
+
+MOMENTS = [
+    ("write:config.json", 1),
+    ("write:preprocess.pt", 1),
+    ("write:metrics.json", 1),
+    ("write:last.pt", 1),  # the first checkpoint in its temporary file: once a run nothing took
+    ("write:best.pt", 1),
+    ("write:metrics.json", 2),
+    ("write:last.pt", 2),
+    ("write:final.json", 1),
+]
+
+
+def test_a_kill_while_any_run_file_is_written_leaves_a_run_that_resume_finishes(flags, tmp_path, capsys):
+    """Every file `convae train` writes, killed with SIGKILL while it sits in its temporary file: the
+    directory is one `--resume` continues (or, killed before the run's settings were in place, one the
+    same command starts again), and the run that finishes is the run that was never killed."""
+    assert main(["train", *flags, "--out", str(tmp_path / "straight")]) == 0
+    straight = _weights(tmp_path / "straight")
+    for moment, at in MOMENTS:
+        out = tmp_path / f"{moment.removeprefix('write:')}-{at}"
+        _killed(moment, at, flags, out)
+        state = rundir.state_of(out)
+        assert state in ("empty", "unstarted", "started"), (moment, at, sorted(p.name for p in out.iterdir()))
+        capsys.readouterr()
+        again = ["train", *flags, "--out", str(out)] if state == "empty" else ["train", "--resume", str(out)]
+        assert main(again) == 0, (moment, at, capsys.readouterr().err)
+        assert rundir.state_of(out) == "finished" and _same(_weights(out), straight), (moment, at)
+        assert not list(out.glob(".*.tmp")), (moment, at)  # no temporary file outlives the run

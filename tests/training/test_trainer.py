@@ -44,7 +44,7 @@ def test_contrastive_term_trains_a_head_kept_with_the_run_and_resumes_exactly(np
     # a run without the term does not take a checkpoint with a head, nor the other way round
     config = _config(npz, tmp_path, "plain")
     plain = Trainer(config, tmp_path / "plain", prepare(config), torch.device("cpu"))
-    with pytest.raises(ConvaeError, match="contrastive head in one and not the other"):
+    with pytest.raises(ConvaeError, match="a second network .contrastive head, segmenter. in one only"):
         plain.load_state(a)
 
 

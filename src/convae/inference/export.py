@@ -40,6 +40,7 @@ OUTPUTS = {
     "autoencoder": ["reconstruction"],
     "encoder": ["code"],
     "decoder": ["reconstruction"],
+    "segmenter": ["anomaly_map"],
     "scorer": ["reconstruction", "anomaly_map", "score"],
 }
 WINDOWS_NOT_EXPORTED = (
@@ -68,6 +69,25 @@ class _Decoder(_AutoEncoder):
         return self.normalizer.inverse(self.model.decode(z))
 
 
+class _Segmenter(_AutoEncoder):
+    """DRAEM's discriminative output alone: raw inputs -> the segmenter's anomaly probabilities (N, *spatial),
+    before any smoothing."""
+
+    def __init__(self, model: AutoEncoder, normalizer: Normalizer, segmenter: nn.Module):
+        super().__init__(model, normalizer)
+        self.segmenter = segmenter
+
+    def forward(self, x: Tensor) -> Tensor:
+        seen = self.normalizer.transform(x)
+        return torch.sigmoid(self.segmenter(seen, self.model(seen)))[:, 0]
+
+
+NO_SEGMENTER = (
+    "this run has no segmenter (it was trained without --segmenter): --part segmenter exports DRAEM's "
+    "discriminative network, which only such runs have"
+)
+
+
 class _Checked(nn.Module):
     """A traced module behind a check of the sample shape it was traced at (TorchScript)."""
 
@@ -81,10 +101,16 @@ class _Checked(nn.Module):
         return self.traced(x)
 
 
-def _module(model: AutoEncoder, normalizer: Normalizer, part: str, scorer: Scorer | None) -> tuple[nn.Module, Tensor]:
+def _module(
+    model: AutoEncoder, normalizer: Normalizer, part: str, scorer: Scorer | None, segmenter: nn.Module | None
+) -> tuple[nn.Module, Tensor]:
     example = torch.rand(2, *model.input_shape)
     if scorer is not None:
         return scorer, example
+    if part == "segmenter":
+        if segmenter is None:
+            raise ConvaeError(NO_SEGMENTER)
+        return _Segmenter(model, normalizer, segmenter.eval().to("cpu")), example
     if part == "autoencoder":
         return _AutoEncoder(model, normalizer), example
     if part == "encoder":
@@ -102,6 +128,7 @@ def export(
     *,
     normalizer: Normalizer | None = None,
     scorer: Scorer | None = None,
+    segmenter: nn.Module | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``part`` of ``model`` (with ``normalizer`` inside; none: inputs as the network takes them),
@@ -115,7 +142,7 @@ def export(
         if scorer.window is not None:
             raise ConvaeError(WINDOWS_NOT_EXPORTED)
         part = "scorer"
-    module, example = _module(model, normalizer, part, scorer)
+    module, example = _module(model, normalizer, part, scorer, segmenter)
     zca = normalizer.mode == "zca"  # a whitening matrix of the trained sample size
     spatial_dynamic = part != "decoder" and not model.has_dense and not zca and fmt == "onnx"
     names = OUTPUTS[part]
@@ -194,37 +221,47 @@ def export_run(
     fpr: float = 0.05,
     sigmas: float | None = None,
 ) -> list[dict[str, Any]]:
-    """Export a trained run: ``part`` (``all``: the three parts, as ``NAME.PART.EXT`` beside ``out``),
+    """Export a trained run: ``part`` (``all``: every part it has, as ``NAME.PART.EXT`` beside ``out``),
     or with ``scores`` the scorer, whose threshold is set as ``convae score`` sets it (``fpr`` on the
     run's validation data, or ``sigmas``: their mean plus that many standard deviations, for ``metric``;
     default: max for data with defect masks, else mse)."""
-    from convae.inference.anomaly import default_metric, set_threshold
+    from convae.inference.anomaly import default_metric, record_threshold, threshold_for
     from convae.inference.run import load
 
     out = Path(out)
     if scores and part != "autoencoder":
         raise ConvaeError("--scores exports the whole scorer: give no --part")
     parts = list(PARTS) if part == "all" else [part]
+    run = load(run_dir)
+    if run.segmenter is None:
+        if part == "segmenter":
+            raise ConvaeError(NO_SEGMENTER)
+        parts = [p for p in parts if p != "segmenter"]
     paths = {p: out if len(parts) == 1 else out.with_name(f"{out.stem}.{p}{out.suffix}") for p in parts}
     for path in paths.values():
         checkpoint.check_output(path)
-    run = load(run_dir)
     meta = run_metadata(run.config, run.normalizer)
     scorer = None
     if scores:
         if run.config.crop is not None:
             raise ConvaeError(WINDOWS_NOT_EXPORTED)  # before the threshold is set, which takes a while
-        metric = metric or default_metric(run.own_data())
+        if metric is None:  # the codes' scores are not in a graph: a one-class run exports its mse
+            metric = default_metric(run.own_data(), run).replace("mse+knn", "mse")
         if "knn" in metric:
             raise ConvaeError(f"the {metric} score compares codes with the training set's; it is not exported")
         scorer = run.scorer(metric)
-        threshold = set_threshold(run, metric, fpr, sigmas=sigmas)
+        threshold, key, record = threshold_for(run, metric, fpr, sigmas=sigmas)
         rule = {"sigmas": sigmas} if sigmas is not None else {"fpr": fpr}
         meta |= {"metric": metric, "threshold": threshold, **rule, "smoothing": SMOOTHING}
-    return [
-        export(run.model, path, fmt, p, normalizer=run.normalizer, scorer=scorer, metadata=meta)
+    written = [
+        export(
+            run.model, path, fmt, p, normalizer=run.normalizer, scorer=scorer, segmenter=run.segmenter, metadata=meta
+        )
         for p, path in paths.items()
     ]
+    if scores:
+        record_threshold(run, key, record)  # the run changes only once the export has succeeded
+    return written
 
 
 def run_metadata(config: Any, normalizer: Normalizer) -> dict[str, Any]:

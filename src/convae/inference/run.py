@@ -27,6 +27,7 @@ from convae.data.preprocess import Normalizer
 from convae.errors import ConvaeError
 from convae.inference.scoring import Scorer, data_range_of
 from convae.network.model import AutoEncoder, from_config
+from convae.network.segmenter import Segmenter
 from convae.runtime import pick_device
 
 SPLITS = ("all", "train", "val", "test")
@@ -41,6 +42,7 @@ class Run:
     config: TrainConfig
     run_dir: Path
     device: torch.device
+    segmenter: Segmenter | None = None  # DRAEM's second network, for runs trained with --segmenter
     # What is derived from the run and its data once, when first needed (the training split's codes, ...).
     memo: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -85,7 +87,9 @@ class Run:
 
     def scorer(self, metric: str = "mse") -> Scorer:
         """What turns raw inputs into reconstructions, anomaly maps and scores (:mod:`convae.inference.scoring`)."""
-        return Scorer(self.model, self.normalizer, metric, self.config.crop, data_range_of(self.normalizer))
+        return Scorer(
+            self.model, self.normalizer, metric, self.config.crop, data_range_of(self.normalizer), self.segmenter
+        )
 
     def _batches(self, x: np.ndarray | Tensor, batch_size: int, normalized: bool = True) -> Iterator[Tensor]:
         x = datasets.floats(x if isinstance(x, Tensor) else torch.as_tensor(np.asarray(x)))
@@ -107,6 +111,13 @@ def load_run(
     run_dir: str | Path, which: str = "best", device: str = "cpu"
 ) -> tuple[AutoEncoder, Normalizer, TrainConfig]:
     """A trained model (eval mode) with its normalizer and config, from a run directory."""
+    model, normalizer, config, _ = _read(run_dir, which, device)
+    return model, normalizer, config
+
+
+def _read(
+    run_dir: str | Path, which: str, device: str
+) -> tuple[AutoEncoder, Normalizer, TrainConfig, Segmenter | None]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ConvaeError(f"{run_dir}: no such run directory")
@@ -117,14 +128,21 @@ def load_run(
     model = from_config(state["model_config"])
     checkpoint.load_weights(model, state["model"], path)
     model.eval()
-    return model, Normalizer.from_dict(state["normalizer"]), TrainConfig.from_saved(state["train_config"])
+    config = TrainConfig.from_saved(state["train_config"])
+    segmenter = None
+    if config.segmenter:
+        segmenter = Segmenter(config.segmenter, model.input_shape)
+        checkpoint.load_weights(segmenter, state["head"], path)
+        segmenter.eval()
+    return model, Normalizer.from_dict(state["normalizer"]), config, segmenter
 
 
 def load(run_dir: str | Path, which: str = "best", device: str = "cpu") -> Run:
     """Load a trained run: the model (eval mode) with its preprocessing, on ``device``."""
     target = pick_device(device)
-    model, normalizer, config = load_run(run_dir, which, device)
-    return Run(model.to(target), normalizer, config, Path(run_dir), target)
+    model, normalizer, config, segmenter = _read(run_dir, which, device)
+    segmenter = segmenter.to(target) if segmenter is not None else None
+    return Run(model.to(target), normalizer, config, Path(run_dir), target, segmenter=segmenter)
 
 
 def as_run(run: str | Path | Run) -> Run:

@@ -9,13 +9,16 @@ One module computes them for ``convae score`` and for the exported scorer
   half, each window's output weighted by a Gaussian that falls towards its
   edges (as MONAI's ``sliding_window_inference`` blends), so that seams do not
   show;
-- the **anomaly map**: the squared residual averaged over channels, blended
+- the **anomaly map**: the squared residual averaged over channels or, for a
+  run with a segmenter (DRAEM, ``--segmenter``), the segmenter's probability of
+  an anomaly at each pixel given the input and its reconstruction; blended
   over the windows like the reconstruction, then (2-D images) smoothed by a
   Gaussian of :data:`SMOOTHING` pixels, since single-pixel noise in a
   reconstruction is not a defect;
 - the **score** of each sample: the mean squared or absolute error, 1 - SSIM,
   or the map's maximum (a defect is local: its peak stands out where the
-  image's mean does not).
+  image's mean does not); with a segmenter, the maximum of its map before
+  smoothing.
 """
 
 from __future__ import annotations
@@ -91,6 +94,7 @@ class Scorer(nn.Module):
         metric: str = "mse",
         window: int | None = None,
         data_range: float = 1.0,
+        segmenter: nn.Module | None = None,
     ):
         super().__init__()
         if metric not in MAP_METRICS:
@@ -98,7 +102,7 @@ class Scorer(nn.Module):
         spatial = len(model.input_shape) - 1
         if metric in ("ssim", "max") and spatial != 2:
             raise ConvaeError(f"the {metric} score needs 2-D images")
-        self.model, self.normalizer, self.metric = model, normalizer, metric
+        self.model, self.normalizer, self.metric, self.segmenter = model, normalizer, metric, segmenter
         self.window = (window,) * spatial if window else None
         self.data_range = data_range
 
@@ -106,12 +110,16 @@ class Scorer(nn.Module):
         return self.normalizer.inverse(self.model(self.normalizer.transform(x)))
 
     def _residual(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        x_hat = self.reconstruct(x)
-        return x_hat, ((x_hat - x) ** 2).mean(1)
+        if self.segmenter is None:
+            x_hat = self.reconstruct(x)
+            return x_hat, ((x_hat - x) ** 2).mean(1)
+        seen = self.normalizer.transform(x)
+        out = self.model(seen)
+        return self.normalizer.inverse(out), torch.sigmoid(self.segmenter(seen, out))[:, 0]
 
     def residual(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """The reconstruction and the squared residual averaged over channels (by windows when
-        the inputs are larger than the run's patches)."""
+        """The reconstruction and the raw anomaly map: the squared residual averaged over channels, or
+        the segmenter's probabilities (by windows when the inputs are larger than the run's patches)."""
         if self.window is not None and tuple(x.shape[2:]) != self.window:
             return self._windows(x)
         return self._residual(x)
@@ -125,7 +133,10 @@ class Scorer(nn.Module):
         elif self.metric == "l1":
             score = (x_hat - x).abs().reshape(n, -1).mean(1)
         elif self.metric == "max":
-            score = maps.reshape(n, -1).amax(1)
+            # A segmenter's map is a probability already: its peak, unsmoothed, keeps a thin defect's
+            # (a scratch's) height, which smoothing spreads away (RESULTS.md, real photographs).
+            peaks = err if self.segmenter is not None else maps
+            score = peaks.reshape(n, -1).amax(1)
         else:
             score = 1 - ssim(x, x_hat, self.data_range)
         return x_hat, maps, score

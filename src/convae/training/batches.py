@@ -8,15 +8,17 @@ The stages, in order, on rows in the data's original scale:
 crop           ``--crop N``: an N-sided patch of each sample (at random with a
                generator, the centre with ``centred=True``)
 augment        ``--augment`` (training only): input and target alike
+anomalies      ``--segmenter`` (training only): synthetic anomalies in the input,
+               their masks in :attr:`Batch.mask` (:mod:`convae.data.anomalies`)
 corrupt        ``--noise``: the input only, in the original scale
 views          the objective's extra views (training only; ``--contrastive``)
 normalise      input and target into the network's scale; the input laid out
                channels-last when the run is
 =============  ==================================================================
 
-A new per-batch stage (synthetic anomalies with their masks, say) is one more
-step of :meth:`BatchPipeline.__call__` and, where it yields more than input and
-target, one more field of :class:`Batch`.
+A new per-batch stage is one more step of :meth:`BatchPipeline.__call__` and,
+where it yields more than input and target, one more field of :class:`Batch`
+(as the anomalies' masks are).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from convae.data.anomalies import Anomalies
 from convae.data.preprocess import Normalizer, augment, corrupt, random_crop
 from convae.parsers import Augment, Noise
 
@@ -41,6 +44,7 @@ class Batch:
     raw: Tensor  # the rows after cropping and augmentation, in the data's scale: what MSE is measured against
     input: Tensor  # what the network takes: corrupted, with the objective's views, normalised
     target: Tensor  # what it should give back: ``raw`` normalised
+    mask: Tensor | None = None  # (N, 1, *spatial) in {0, 1}: where synthetic anomalies are (training, --segmenter)
 
 
 @dataclass
@@ -55,6 +59,7 @@ class BatchPipeline:
     augment: Augment | None = None
     views: Views | None = None
     channels_last: bool = False
+    anomalies: Anomalies | None = None
 
     def __call__(
         self, raw: Tensor, generator: torch.Generator | None = None, *, train: bool = False, centred: bool = False
@@ -65,14 +70,18 @@ class BatchPipeline:
             raw = random_crop(raw, self.crop, None if centred else generator)
         if train and self.augment is not None:
             raw = augment(self.augment, raw, self.low, generator)
-        seen = raw if self.noise is None else corrupt(self.noise, raw, self.low, self.high, generator)
+        seen, mask = raw, None
+        if train and self.anomalies is not None:
+            seen, mask = self.anomalies(raw, self.low, self.high, generator)
+        if self.noise is not None:
+            seen = corrupt(self.noise, seen, self.low, self.high, generator)
         if train and self.views is not None:
             seen = self.views(seen, self.low, self.high, generator)
         target = self.normalizer.transform(raw)
         x = target if seen is raw else self.normalizer.transform(seen)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return Batch(raw, x, target)
+        return Batch(raw, x, target, mask)
 
     def display(self, x: Tensor) -> Tensor:
         """Samples in the data's scale mapped to [0, 1] for pictures."""

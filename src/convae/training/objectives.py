@@ -9,9 +9,15 @@ live in one class:
   image after the images (all first views, then all second views). They are
   encoded for a contrastive term on their codes (SimCLR's NT-Xent through a
   projection head), not reconstructed.
+- :class:`Segmentation` (DRAEM): the input holds synthetic anomalies
+  (:mod:`convae.data.anomalies`); the autoencoder restores the clean image
+  and a U-Net (:class:`~convae.network.segmenter.Segmenter`) segments the
+  anomalies from the input and its reconstruction, under a focal loss.
 
-A new term on the codes follows :class:`Contrastive`: a ``views`` method for
-its extra inputs, a ``network`` that returns what its loss needs, a ``loss``.
+A new term follows them: a ``views`` method for extra inputs, a ``network``
+that returns what its loss needs, a ``loss`` that reads the
+:class:`~convae.training.batches.Batch`, and the second network (if any) as
+``head``, trained and checkpointed with the run.
 """
 
 from __future__ import annotations
@@ -28,7 +34,9 @@ from convae.data.preprocess import jitter_brightness_contrast, resized_crops
 from convae.errors import ConvaeError
 from convae.metrics import ssim
 from convae.network.model import AutoEncoder
+from convae.network.segmenter import Segmenter
 from convae.training import distributed
+from convae.training.batches import Batch
 
 
 def ssim_loss(out: Tensor, target: Tensor) -> Tensor:
@@ -42,7 +50,17 @@ LOSS_FUNCTIONS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "bce": F.binary_cross_entropy,
     "ssim": ssim_loss,
     "ssim+l1": lambda out, target: ssim_loss(out, target) + F.l1_loss(out, target),
+    "ssim+mse": lambda out, target: ssim_loss(out, target) + F.mse_loss(out, target),  # DRAEM's
 }
+
+
+def focal_loss(logits: Tensor, mask: Tensor, gamma: float = 2.0) -> Tensor:
+    """The focal loss (Lin et al., 2017) of per-pixel logits against a {0, 1} mask: cross-entropy
+    down-weighted where it is already right, so the few anomalous pixels are not drowned out."""
+    ce = F.binary_cross_entropy_with_logits(logits, mask, reduction="none")
+    p = torch.sigmoid(logits)
+    right = p * mask + (1 - p) * (1 - mask)
+    return (ce * (1 - right) ** gamma).mean()
 
 
 def nt_xent(a: Tensor, b: Tensor, tau: float) -> Tensor:
@@ -90,9 +108,9 @@ class Reconstruction:
         """The module a training step calls (DDP-wrapped and compiled as a whole)."""
         return model
 
-    def loss(self, out: Tensor, target: Tensor, total: int, info: distributed.Dist) -> tuple[Tensor, Tensor | None]:
+    def loss(self, out: Tensor, batch: Batch, total: int, info: distributed.Dist) -> tuple[Tensor, Tensor | None]:
         """The step's loss and its extra term (None here), in float32, for a shard of ``total`` samples."""
-        return self.reconstruction(out, target, total, info), None
+        return self.reconstruction(out, batch.target, total, info), None
 
     def reconstruction(self, out: Tensor, target: Tensor, total: int, info: distributed.Dist) -> Tensor:
         """The shard's mean loss, weighted by its share of the global batch: DDP averages the
@@ -140,11 +158,47 @@ class Contrastive(Reconstruction):
     def network(self, model: AutoEncoder) -> nn.Module:
         return _WithProjection(model, self.head)
 
-    def loss(self, out: tuple[Tensor, Tensor], target: Tensor, total: int, info: distributed.Dist):
+    def loss(self, out: tuple[Tensor, Tensor], batch: Batch, total: int, info: distributed.Dist):
         out, projected = out
         term = contrastive_term(projected, self.config.contrastive_tau, total, info)
-        return self.reconstruction(out, target, total, info) + self.config.contrastive * term, term
+        return self.reconstruction(out, batch.target, total, info) + self.config.contrastive * term, term
+
+
+class _WithSegmenter(nn.Module):
+    """The autoencoder and the segmenter as one module (one DDP wrapper, one compiled graph):
+    the input's reconstruction, and the segmenter's logits of input and reconstruction."""
+
+    def __init__(self, model: AutoEncoder, segmenter: Segmenter):
+        super().__init__()
+        self.model, self.segmenter = model, segmenter
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        out = self.model(x)
+        return out, self.segmenter(x, out)
+
+
+class Segmentation(Reconstruction):
+    """DRAEM: restore the clean image from one with synthetic anomalies, and segment them."""
+
+    term = "segmentation"
+
+    def __init__(self, config: TrainConfig, model: AutoEncoder):
+        super().__init__(config)
+        if len(model.input_shape) != 3:
+            raise ConvaeError("--segmenter segments 2-D images; this data is not (N, C, H, W)")
+        self.head = Segmenter(config.segmenter, model.input_shape)
+
+    def network(self, model: AutoEncoder) -> nn.Module:
+        return _WithSegmenter(model, self.head)
+
+    def loss(self, out: tuple[Tensor, Tensor], batch: Batch, total: int, info: distributed.Dist):
+        out, logits = out
+        weight = len(batch.target) * info.world / total
+        term = focal_loss(logits.float(), batch.mask) * weight
+        return self.reconstruction(out, batch.target, total, info) + term, term
 
 
 def objective_for(config: TrainConfig, model: AutoEncoder) -> Reconstruction:
+    if config.segmenter:
+        return Segmentation(config, model)
     return Contrastive(config, model) if config.contrastive else Reconstruction(config)

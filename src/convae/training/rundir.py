@@ -8,7 +8,8 @@ state            what it holds                                         what ``tr
 ``absent``       nothing: no such path                                  a new run creates it
 ``empty``        an empty folder                                        a new run uses it
 ``unstarted``    start-up files only (config.json, preprocess.pt,       a new run, or ``--resume``, starts the run
-                 event files): killed before its first checkpoint       from the beginning there
+                 event files, metrics.json, temporary files):           from the beginning there
+                 killed before its first checkpoint was in place
 ``started``      ``last.pt``, no ``final.json``                         ``--resume`` continues it; when every epoch
                                                                        is done (killed during the final
                                                                        evaluation), it runs that evaluation
@@ -31,7 +32,9 @@ from pathlib import Path
 from convae.errors import ConvaeError
 
 LOCK = ".lock"
-_STARTUP = {"config.json", "preprocess.pt", LOCK}
+# What a run writes before its first checkpoint: its settings, preprocessing, TensorBoard events and the
+# first epoch's metrics (written just before last.pt; a kill between the two must not strand the run).
+_STARTUP = {"config.json", "preprocess.pt", "metrics.json", LOCK}
 
 
 def _startup_file(name: str) -> bool:
@@ -66,6 +69,13 @@ def clear_startup_files(run_dir: Path) -> None:
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
+
+
+def clear_temporary(run_dir: Path) -> None:
+    """Remove the temporary files of writes a killed process never finished (the lock is held, so no
+    other process is writing them)."""
+    for path in run_dir.glob(".*.tmp"):
+        path.unlink(missing_ok=True)
 
 
 def saved_settings(run_dir: Path) -> dict:

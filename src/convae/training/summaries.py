@@ -127,9 +127,10 @@ class TrainingPictures:
         rows: Callable[[Tensor], Tensor],
         dataset: Dataset,
         step: Callable[[], int],
+        segmenter: nn.Module | None = None,
     ):
         self.summaries, self.model, self.pipeline, self.rows = summaries, model, pipeline, rows
-        self.dataset, self.step = dataset, step
+        self.dataset, self.step, self.segmenter = dataset, step, segmenter
 
     def graph(self, idx: Tensor) -> bool:
         """The model's graph, traced on the samples ``idx``; skipped (False) for very deep models, whose
@@ -158,6 +159,25 @@ class TrainingPictures:
         if raw.dim() == 5:  # volumes: their middle slice along the first spatial axis
             shown = {k: v[:, :, v.shape[2] // 2] for k, v in shown.items()}
         grids = {f"images/{k}": self.pipeline.display(v) for k, v in shown.items()}
+        self.summaries.image_grids(grids, self.step())
+        if self.segmenter is not None and raw.dim() == 4:
+            self.synthetic(raw)
+
+    @torch.no_grad()
+    def synthetic(self, raw: Tensor) -> None:
+        """A training batch as DRAEM's networks meet it: inputs with synthetic anomalies, their masks,
+        the reconstructions and the segmenter's maps (the same anomalies each time)."""
+        batch = self.pipeline(raw, torch.Generator(device=raw.device).manual_seed(0), train=True, centred=True)
+        with eval_mode(self.model), eval_mode(self.segmenter):
+            out = self.model(batch.input)
+            predicted = torch.sigmoid(self.segmenter(batch.input, out))
+        norm = self.pipeline.normalizer
+        grids = {
+            "synthetic/input": self.pipeline.display(norm.inverse(batch.input.float())),
+            "synthetic/mask": batch.mask,
+            "synthetic/reconstruction": self.pipeline.display(norm.inverse(out.float())),
+            "synthetic/predicted_map": predicted.float(),
+        }
         self.summaries.image_grids(grids, self.step())
 
     @torch.no_grad()

@@ -189,6 +189,7 @@ def train(
     try:
         if dist.main:
             lock.acquire()
+            rundir.clear_temporary(run_dir)
             if _check_state(plan) == "unstarted":
                 if resume is None:
                     print(f"{run_dir}: a run there stopped before its first checkpoint; starting anew", file=sys.stderr)

@@ -25,11 +25,12 @@ from torch import Tensor, nn
 from convae import checkpoint, runtime
 from convae.config import TrainConfig
 from convae.data import Dataset
+from convae.data.anomalies import Anomalies
 from convae.data.preprocess import Normalizer
 from convae.errors import ConvaeError
 from convae.metrics import psnr
 from convae.network.model import AutoEncoder
-from convae.parsers import Augment, Noise
+from convae.parsers import Augment, Noise, parse_sources
 from convae.training import distributed
 from convae.training.batches import Batch, BatchPipeline, capped, monitored
 from convae.training.feed import Feed, read_rows, to_device
@@ -138,6 +139,9 @@ class Trainer:
             augment=Augment.parse(config.augment),
             views=self.objective.views,
             channels_last=self.channels_last,
+            anomalies=Anomalies(parse_sources(config.anomaly_sources), config.anomaly_fraction)
+            if config.segmenter
+            else None,
         )
         # The validation rows measured (and pictured) each epoch.
         self.monitored = monitored(self.val_idx, self.train_idx, config.val_samples)
@@ -190,7 +194,7 @@ class Trainer:
         samples: the forward pass under bf16 autocast when on, the losses in float32."""
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             out = net(batch.input)
-        return self.objective.loss(out, batch.target, total, self.dist)
+        return self.objective.loss(out, batch, total, self.dist)
 
     def _shard(self, batch: Tensor) -> Tensor:
         """This process's slice of a global batch (all of it in a single process)."""
@@ -201,7 +205,13 @@ class Trainer:
     def open_summaries(self) -> None:
         self.summaries = Summaries(str(self.run_dir), enabled=self.dist.main)
         self.pictures = TrainingPictures(
-            self.summaries, self.model, self.pipeline, self.feed.rows, self.p.dataset, lambda: self.state.step
+            self.summaries,
+            self.model,
+            self.pipeline,
+            self.feed.rows,
+            self.p.dataset,
+            lambda: self.state.step,
+            self.head if self.config.segmenter else None,
         )
 
     def fit(self, on_step: Callable[[int], None] | None = None) -> None:
@@ -305,7 +315,7 @@ class Trainer:
 
     def _named(self, tensors: list[Tensor]) -> list[tuple[str, Tensor]]:
         names = {id(t): n for n, t in [*self.model.named_parameters(), *self.model.named_buffers()]}
-        return [(names.get(id(t), "the contrastive head"), t) for t in tensors]
+        return [(names.get(id(t), "the objective's second network"), t) for t in tensors]
 
     def end_epoch(self, train_loss: float, images_per_s: float, seconds: float, term: float | None) -> None:
         """Validate, record the epoch's metrics, write summaries and checkpoints (main process)."""
@@ -424,7 +434,9 @@ class Trainer:
     def load_state(self, state: dict[str, Any], new_schedule: bool = False) -> None:
         """Continue from a checkpoint; ``new_schedule`` keeps the freshly planned learning-rate schedule."""
         if ("head" in state) != (self.head is not None):
-            raise ConvaeError("checkpoint does not match this run: a contrastive head in one and not the other")
+            raise ConvaeError(
+                "checkpoint does not match this run: a second network (contrastive head, segmenter) in one only"
+            )
         where = self.run_dir / "last.pt"
         checkpoint.load_weights(self.model, state["model"], where)
         if self.head is not None:

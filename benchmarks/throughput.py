@@ -10,7 +10,14 @@ For each architecture and batch size it times
             defaults for the device (BCE loss so that both do the same work).
 Both train the same architecture (built by convae.build) on the same data:
 Fashion-MNIST when it is on this machine, else random data of that shape.
-It prints a table, then one last line of JSON (a list, one object per case).
+
+First it measures the machine's practical peak in the same process: a large
+float32 matrix multiply (and a bf16 one where the CPU or GPU does bf16
+natively), and names the processor (model, SIMD level, native bf16 or not).
+Each case's achieved FLOP/s (convae's side) is then given as a fraction of
+that peak (``peak_fraction``; of the bf16 peak when convae trained under bf16
+autocast), beside its ratio to the plain loop. It prints a table, then one
+last line of JSON (a list, one object per case).
 """
 
 from __future__ import annotations
@@ -68,6 +75,39 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def cpu_class() -> dict:
+    """The processor: its model name, the SIMD level PyTorch dispatches to, and native bf16 or not."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and ":" in line:
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and ":" in line:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    bf16 = bool(flags & {"avx512_bf16", "amx_bf16"})
+    return {"model": model, "simd": torch.backends.cpu.get_cpu_capability(), "native_bf16": bf16}
+
+
+def machine_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, seconds: float = 2.0) -> float:
+    """Practical peak FLOP/s: the best of repeated n x n matrix multiplies in ``dtype`` (what the
+    BLAS or cuBLAS reaches on this machine, with this process's threads)."""
+    a = torch.rand(n, n, device=device, dtype=dtype)
+    b = torch.rand(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    best, spent = float("inf"), 0.0
+    while spent < seconds:
+        sync(device)
+        start = time.perf_counter()
+        a @ b
+        sync(device)
+        took = time.perf_counter() - start
+        best, spent = min(best, took), spent + took
+    return 2 * n**3 / best
 
 
 def sync(device: torch.device) -> None:
@@ -185,6 +225,20 @@ def main() -> None:
     extra = parse_set(parser, args.set)
 
     device = pick_device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False  # the fp32 peak of true fp32
+        native_bf16 = torch.cuda.is_bf16_supported()
+        processor = {"model": torch.cuda.get_device_name(device), "simd": "cuda", "native_bf16": native_bf16}
+    else:
+        processor = cpu_class()
+    side = 4096 if device.type == "cuda" else 2048
+    peak32 = machine_peak(device, torch.float32, side)
+    peak16 = machine_peak(device, torch.bfloat16, side) if processor["native_bf16"] else None
+    bf16 = "native" if processor["native_bf16"] else "no native"
+    print(
+        f"processor: {processor['model']} ({processor['simd']}, {bf16} bf16); "
+        f"measured peak {peak32 / 1e9:.0f} GFLOP/s fp32" + (f", {peak16 / 1e9:.0f} bf16" if peak16 else "")
+    )
     samples = args.samples or (4096 if args.quick else 60000)
     epochs = args.epochs or 2
     x, source = fashion_or_random(samples)
@@ -208,6 +262,8 @@ def main() -> None:
                     ourses.append(convae_trainer(arch, data_file, batch, epochs, device, out, args.nproc, extra))
                 base, ours = statistics.median(r for r, _ in bases), statistics.median(r for r, _ in ourses)
                 flops = flops_per_image(arch, min(batch, 128))
+                amp = json.loads(Path(tmp, f"{name}-{batch}-0", "config.json").read_text())["amp"]
+                peak = peak16 if amp and peak16 else peak32
                 rows.append(
                     {
                         "arch": name,
@@ -218,6 +274,10 @@ def main() -> None:
                         "ratio": round(ours / base, 3),
                         "train_gflop_per_img": round(flops / 1e9, 4),
                         "tflops": round(flops * ours / 1e12, 4),
+                        "peak_fraction": round(flops * ours / peak, 3),
+                        "peak_gflops": round(peak / 1e9, 1),
+                        "amp": amp,
+                        "cpu": processor,
                         "peak_mem_mb": round(peak_memory_mb(device), 1),
                         # Last-epoch training loss (BCE) of the last repeat: equal within noise if
                         # convae's speed settings leave what is learned alone.
@@ -230,7 +290,8 @@ def main() -> None:
                 print(
                     f"{name:<11} batch {batch:<5} baseline {r['baseline_img_s']:>9.0f} img/s   "
                     f"convae {r['convae_img_s']:>9.0f} img/s   x{r['ratio']:.2f}   "
-                    f"{r['train_gflop_per_img'] * 1e3:.1f} MFLOP/img  {r['tflops']:.3f} TFLOP/s  "
+                    f"{r['train_gflop_per_img'] * 1e3:.1f} MFLOP/img  {r['tflops'] * 1e3:.1f} GFLOP/s "
+                    f"({r['peak_fraction']:.0%} of peak)  "
                     f"peak {r['peak_mem_mb']:.0f} MB  loss {r['baseline_loss']:.4f} / {r['convae_loss']:.4f}",
                     flush=True,
                 )
@@ -246,7 +307,11 @@ def main() -> None:
                         "baseline_img_s",
                         "convae_img_s",
                         "ratio",
+                        "peak_fraction",
+                        "peak_gflops",
                         "tflops",
+                        "amp",
+                        "cpu",
                         "peak_mem_mb",
                         "baseline_loss",
                         "convae_loss",

@@ -129,3 +129,14 @@ def test_the_raw_pixel_baseline_maps_each_pixel_and_finds_a_pasted_square():
     test[0, 0, 10:16, 10:16] = 1.0
     maps = bench.knn_maps(train, test, bank=2000)
     assert maps.shape == (1, 32, 32) and maps[0, 13, 13] > 5 * np.median(maps)
+
+
+def test_throughput_names_the_processor_and_gives_each_case_as_a_share_of_the_measured_peak():
+    result = _run(
+        "throughput.py", "--archs", "keras", "--batches", "32", "--samples", "256", "--epochs", "2", "--repeats", "1"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("processor: ") and "GFLOP/s fp32" in result.stdout
+    (row,) = json.loads(result.stdout.strip().splitlines()[-1])
+    assert 0 < row["peak_fraction"] < 1.5 and row["peak_gflops"] > 0 and row["ratio"] > 0
+    assert set(row["cpu"]) == {"model", "simd", "native_bf16"} and isinstance(row["amp"], bool)

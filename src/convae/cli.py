@@ -51,7 +51,7 @@ def _checked(f: dataclasses.Field, parse: typing.Callable[[str], Any]) -> typing
     def convert(text: str) -> Any:
         try:
             value = parse(text)
-            cfg._check_field(f, value)
+            cfg.check_field(f, value)
         except ConvaeError as err:
             raise argparse.ArgumentTypeError(str(err).removeprefix(f"{f.name} ")) from None
         except ValueError as err:
@@ -450,8 +450,20 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; a user mistake is one line on stderr and exit status 2, Ctrl-C is 130."""
+    import signal
+    import threading
     import warnings
 
+    # Ctrl-C can land inside a library's import and leave it half-initialised, so that what surfaces
+    # is some other error; once Ctrl-C was pressed, whatever follows is reported as the interruption.
+    interrupted: list[bool] = []
+
+    def on_interrupt(signum, frame):
+        interrupted.append(True)
+        raise KeyboardInterrupt
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_interrupt) if main_thread else None
     try:
         args = make_parser().parse_args(argv)
         # Warnings from the libraries wait for the command's end: when it fails they are dropped,
@@ -475,3 +487,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("convae: interrupted", file=sys.stderr)
         return 130
+    except BaseException:
+        if not interrupted:
+            raise
+        print("convae: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)

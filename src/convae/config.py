@@ -245,7 +245,7 @@ class TrainConfig(LogSettings, RuntimeSettings, OptimSettings, ObjectiveSettings
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):
-            _check_field(f, getattr(self, f.name))
+            check_field(f, getattr(self, f.name))
         if self.image_size is not None and (len(self.image_size) != 2 or min(self.image_size) < 1):
             raise ConvaeError(f"image_size must be two positive integers H, W, not {self.image_size}")
         if isinstance(self.compile, str) and self.compile not in COMPILE_MODES:
@@ -311,7 +311,7 @@ def describe_bounds(bounds: str, kind: type) -> str:
     return f"in {bounds}"
 
 
-def _check_field(f: dataclasses.Field, value: Any) -> None:
+def check_field(f: dataclasses.Field, value: Any) -> None:
     meta = f.metadata
     if value is None:
         return

@@ -140,5 +140,8 @@ def test_a_kill_while_any_run_file_is_written_leaves_a_run_that_resume_finishes(
         capsys.readouterr()
         again = ["train", *flags, "--out", str(out)] if state == "empty" else ["train", "--resume", str(out)]
         assert main(again) == 0, (moment, at, capsys.readouterr().err)
-        assert rundir.state_of(out) == "finished" and _same(_weights(out), straight), (moment, at)
+        # The epochs before the kill ran in the killed process, whose thread count may differ: equal to rounding.
+        weights = _weights(out)
+        assert rundir.state_of(out) == "finished" and weights.keys() == straight.keys(), (moment, at)
+        assert all(torch.allclose(weights[k].float(), straight[k].float(), rtol=1e-3, atol=1e-5) for k in weights)
         assert not list(out.glob(".*.tmp")), (moment, at)  # no temporary file outlives the run

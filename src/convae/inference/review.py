@@ -36,7 +36,7 @@ import numpy as np
 from convae import checkpoint
 from convae.inference.reports import to_png
 
-THUMB = 128  # pixels, the longer side of each panel in the gallery
+THUMB = 96  # pixels, the longer side of each panel in the gallery (1,000 cards: a page of about 10 MB)
 PRO_LIMIT = 0.3  # AUPRO's false-positive limit, drawn as the PRO curve's range
 
 
@@ -71,7 +71,7 @@ def write_review(path: str | Path, review: Review) -> Path:
 
 def _jpeg(picture) -> str:
     buffer = io.BytesIO()
-    picture.save(buffer, format="JPEG", quality=85)
+    picture.save(buffer, format="JPEG", quality=75)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 

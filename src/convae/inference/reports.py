@@ -29,19 +29,28 @@ def to_png(array: np.ndarray, lo: float = 0.0, hi: float = 1.0):
     return Image.fromarray(a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0))
 
 
-def heat_overlay(image: np.ndarray, amap: np.ndarray, low: float, top: float, mask: np.ndarray | None = None):
-    """A PIL image of the input (C, H, W in [0, 1]) | the anomaly map (H, W) as red over it, ``low``..``top``
-    from clear to opaque | the defect mask (H, W), white where the defect is, when known."""
-    from PIL import Image
-
+def heat_panels(image: np.ndarray, amap: np.ndarray, low: float, top: float) -> list[np.ndarray]:
+    """(3, H, W) panels in [0, 1]: the input (C, H, W) in colour, and the anomaly map (H, W) as red over
+    its grey, ``low``..``top`` from clear to opaque."""
     grey = image.mean(0) if image.shape[0] == 3 else image[0]
     rgb = np.repeat(grey[None], 3, 0) if image.shape[0] == 1 else image
     alpha = np.clip((amap - low) / max(top - low, 1e-12), 0, 1)[None] * 0.8
     red = np.zeros_like(rgb)
     red[0] = 1.0
-    panels = [rgb, (1 - alpha) * np.repeat(grey[None], 3, 0) + alpha * red]
-    if mask is not None:
-        panels.append(np.repeat((mask > 0)[None].astype(np.float32), 3, 0))
+    return [rgb, (1 - alpha) * np.repeat(grey[None], 3, 0) + alpha * red]
+
+
+def mask_panel(mask: np.ndarray) -> np.ndarray:
+    """A defect mask (H, W) as a (3, H, W) panel, white where the defect is."""
+    return np.repeat((mask > 0)[None].astype(np.float32), 3, 0)
+
+
+def heat_overlay(image: np.ndarray, amap: np.ndarray, low: float, top: float, mask: np.ndarray | None = None):
+    """A PIL image of the input (C, H, W in [0, 1]) | the anomaly map (H, W) as red over it, ``low``..``top``
+    from clear to opaque | the defect mask (H, W), white where the defect is, when known."""
+    from PIL import Image
+
+    panels = heat_panels(image, amap, low, top) + ([mask_panel(mask)] if mask is not None else [])
     row = [to_png(p) for p in panels]
     canvas = Image.new("RGB", (sum(r.width for r in row) + 2 * (len(row) - 1), row[0].height), (128, 128, 128))
     for k, r in enumerate(row):

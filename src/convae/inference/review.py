@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from convae import checkpoint
-from convae.inference.reports import to_png
+from convae.inference.reports import heat_panels, mask_panel, to_png
 
 THUMB = 96  # pixels, the longer side of each panel in the gallery (1,000 cards: a page of about 10 MB)
 PRO_LIMIT = 0.3  # AUPRO's false-positive limit, drawn as the PRO curve's range
@@ -79,14 +79,7 @@ def _card_picture(x: np.ndarray, amap: np.ndarray, recon: np.ndarray, mask: np.n
     """Input | heat map over it | mask (when known) | reconstruction, as one thumbnail strip."""
     from PIL import Image
 
-    grey = x.mean(0) if x.shape[0] == 3 else x[0]
-    rgb = np.repeat(grey[None], 3, 0) if x.shape[0] == 1 else x
-    alpha = np.clip((amap - low) / max(top - low, 1e-12), 0, 1)[None] * 0.8
-    red = np.zeros_like(rgb)
-    red[0] = 1.0
-    panels = [rgb, (1 - alpha) * np.repeat(grey[None], 3, 0) + alpha * red]
-    if mask is not None:
-        panels.append(np.repeat((mask > 0)[None].astype(np.float32), 3, 0))
+    panels = heat_panels(x, amap, low, top) + ([mask_panel(mask)] if mask is not None else [])
     panels.append(np.repeat(recon, 3, 0) if recon.shape[0] == 1 else recon)
     row = [to_png(p).convert("RGB") for p in panels]
     scale = min(1.0, THUMB / max(row[0].size))

@@ -47,7 +47,7 @@ from common import add_set_flag, parse_set
 
 import convae
 from convae.config import resolve_config
-from convae.data.sources import floats, load
+from convae.data import floats, load
 from convae.errors import ConvaeError
 from convae.runtime import pick_device
 from convae.training.train import train

@@ -78,9 +78,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import convae
 from convae import checkpoint, presets
 from convae.config import LOSSES
+from convae.data import floats, load, split_validation
 from convae.data.preprocess import augment as apply_augment
 from convae.data.preprocess import jitter_brightness_contrast, resized_crops
-from convae.data.sources import floats, load, split_validation
 from convae.errors import ConvaeError
 from convae.inference.evaluate import linear_probe
 from convae.parsers import Augment

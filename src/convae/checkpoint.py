@@ -3,16 +3,20 @@
 ``torch.load(weights_only=True)`` refuses anything but tensors and plain
 containers, so loading a file never executes code from it. Writes go to a
 temporary file in the same folder and are renamed into place, so a process
-killed at any moment leaves either the old file or the new one.
+killed at any moment leaves either the old file or the new one. Inside
+:func:`all_or_nothing` the renames wait for the end of the block, so a command
+that writes several files and fails half-way leaves none of them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,22 +78,76 @@ def _write_error(path: Path, err: OSError) -> ConvaeError:
     return ConvaeError(f"{path}: cannot write ({err.strerror or type(err).__name__})")
 
 
+class _Staged:
+    """The files and folders of an :func:`all_or_nothing` block so far."""
+
+    def __init__(self) -> None:
+        self.renames: list[tuple[str, Path]] = []  # (temporary file, its final path), in writing order
+        self.folders: list[Path] = []  # folders the block created, outermost first
+
+    def mkdir(self, path: Path) -> None:
+        missing = [p for p in (path, *path.parents) if not p.exists()][::-1]
+        path.mkdir(parents=True, exist_ok=True)
+        self.folders += missing
+
+
+_staged: _Staged | None = None
+
+
+@contextlib.contextmanager
+def all_or_nothing() -> Iterator[None]:
+    """Every file :func:`atomic_write` writes inside the block waits in its temporary file and is
+    renamed into place when the block ends without an error; on an error (or Ctrl-C) the temporary
+    files and the folders the block created are removed, so the block has written nothing. Renames
+    are all that is left to the end, and a rename within a folder does not run out of space."""
+    global _staged
+    if _staged is not None:  # nested: the outer block decides
+        yield
+        return
+    _staged = staged = _Staged()
+    try:
+        yield
+    except BaseException:
+        for tmp, _ in staged.renames:
+            Path(tmp).unlink(missing_ok=True)
+        for folder in reversed(staged.folders):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty: a folder the user filled meanwhile stays
+        raise
+    else:
+        for tmp, path in staged.renames:
+            try:
+                os.replace(tmp, path)
+            except OSError as err:
+                raise _write_error(path, err) from None
+    finally:
+        _staged = None
+
+
+def _mkdir(path: Path) -> None:
+    if _staged is not None:
+        _staged.mkdir(path)
+    else:
+        path.mkdir(parents=True, exist_ok=True)
+
+
 def make_folder(path: str | Path) -> Path:
     path = Path(path)
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        _mkdir(path)
     except OSError as err:
         raise _write_error(path, err) from None
     return path
 
 
 def atomic_write(path: str | Path, write) -> None:
-    """Call ``write(file_object)`` on a temp file next to ``path``, then rename it into place.
+    """Call ``write(file_object)`` on a temp file next to ``path``, then rename it into place (at the
+    end of an :func:`all_or_nothing` block, inside one).
 
     A path that cannot be written is a one-line ``ConvaeError``; nothing is left behind."""
     path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _mkdir(path.parent)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as err:
         raise _write_error(path, err) from None
@@ -99,7 +157,10 @@ def atomic_write(path: str | Path, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if _staged is not None:
+            _staged.renames.append((tmp, path))
+        else:
+            os.replace(tmp, path)
     except OSError as err:
         Path(tmp).unlink(missing_ok=True)
         raise _write_error(path, err) from None

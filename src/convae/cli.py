@@ -473,7 +473,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 from convae.runtime import set_threads
 
                 set_threads(args.threads)
-            status = args.func(args)
+            if args.func is _cmd_train:  # a run's files are written as it trains (see training.rundir)
+                status = args.func(args)
+            else:  # a command that fails leaves no file of its own behind
+                from convae.checkpoint import all_or_nothing
+
+                with all_or_nothing():
+                    status = args.func(args)
         for warning in caught:
             print(f"warning: {str(warning.message).splitlines()[0]}", file=sys.stderr)
         return status

@@ -6,6 +6,7 @@ from helpers import blobs, write_fake_mnist, write_idx
 from PIL import Image
 
 from convae.data import sources as data
+from convae.data.samples import floats
 from convae.errors import ConvaeError
 
 
@@ -50,7 +51,7 @@ def test_lookup_order(tmp_path, monkeypatch):
     ds = data.load("mnist", download=False)
     assert ds.x_train.shape == (20, 1, 8, 8) and ds.x_test.shape == (10, 1, 8, 8)
     assert ds.y_train.dtype == np.int64 and ds.x_train.dtype == np.uint8  # bytes until used
-    assert data.floats(ds.x_train).dtype == np.float32 and data.floats(ds.x_train).max() <= 1.0
+    assert floats(ds.x_train).dtype == np.float32 and floats(ds.x_train).max() <= 1.0
 
 
 def test_missing_dataset_says_where_it_looked(tmp_path, monkeypatch):
@@ -131,7 +132,7 @@ def test_npy_layouts(tmp_path, shape, expected):
     path = tmp_path / "a.npy"
     np.save(path, np.full(shape, 255, dtype=np.uint8))
     ds = data.load(f"npy:{path}")
-    assert ds.x_train.shape == expected and data.floats(ds.x_train).max() == pytest.approx(1.0)
+    assert ds.x_train.shape == expected and floats(ds.x_train).max() == pytest.approx(1.0)
 
 
 def test_npy_floats_kept_and_npz_labels(tmp_path):
@@ -203,7 +204,7 @@ def test_16_bit_grey_tiffs_are_scaled_to_8_bits_not_clipped(tmp_path):
     Image.fromarray(np.full((4, 4), 65535, np.uint16)).save(folder / "white.tif")
     Image.fromarray(np.full((4, 4), 32896, np.uint16)).save(folder / "grey.tif")
     ds = data.load(f"folder:{folder}")
-    assert sorted(data.floats(ds.x_train).reshape(2, -1).max(1).tolist()) == pytest.approx([128 / 255, 1.0])
+    assert sorted(floats(ds.x_train).reshape(2, -1).max(1).tolist()) == pytest.approx([128 / 255, 1.0])
 
 
 def test_spatial_dims_reads_signals_and_volumes_and_refuses_other_shapes(tmp_path):

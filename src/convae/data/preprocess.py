@@ -34,7 +34,9 @@ random resized crops of 2-D images, each flipped or not, then
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from convae.config import NORMALIZE
-from convae.data.sources import floats
+from convae.data.samples import floats
 from convae.errors import ConvaeError
 from convae.parsers import Augment, Noise
 
@@ -67,31 +69,27 @@ class Normalizer:
         return "sigmoid" if self.mode == "unit" else "identity"
 
     def fit(self, x: np.ndarray, rows: np.ndarray | None = None) -> Normalizer:
-        """Fit on ``x`` (its ``rows`` only, when given: the training split)."""
-        if self.mode in ("unit", "none"):  # a range: no copy of the data, however large
-            lo, hi = value_range(x, rows)
-            if self.mode == "unit":
-                self.state = {"low": torch.tensor(lo), "high": torch.tensor(hi if hi > lo else lo + 1.0)}
-            return self
-        x64 = floats(x if rows is None else x[rows]).astype(np.float64)
-        if self.mode == "standardize":
-            axes = (0, *range(2, x.ndim))
-            mean, std = x64.mean(axis=axes), x64.std(axis=axes)
-            shape = (1, -1) + (1,) * (x.ndim - 2)
+        """Fit on ``x`` (its ``rows`` only, when given: the training split), in one pass over them."""
+        return self.fit_statistics(scan(x, rows, covariance=self.mode == "zca"))
+
+    def fit_statistics(self, stats: Statistics) -> Normalizer:
+        """Fit on what :func:`scan` gathered (with ``covariance`` for zca)."""
+        if self.mode == "unit":
+            lo, hi = stats.low, stats.high
+            self.state = {"low": torch.tensor(lo), "high": torch.tensor(hi if hi > lo else lo + 1.0)}
+        elif self.mode == "standardize":
+            mean = stats.sum / stats.count
+            std = np.sqrt(np.maximum(stats.sum_sq / stats.count - mean**2, 0.0))
+            shape = (1, -1) + (1,) * (stats.spatial_dims)
             self.state = {
                 "mean": torch.tensor(mean, dtype=torch.float32).view(shape),
                 "std": torch.tensor(np.maximum(std, 1e-8), dtype=torch.float32).view(shape),
             }
         elif self.mode == "zca":
-            flat = x64.reshape(len(x64), -1)
-            if flat.shape[1] > ZCA_MAX_FEATURES:
-                raise ConvaeError(
-                    f"zca on {flat.shape[1]} features needs a {flat.shape[1]}x{flat.shape[1]} matrix; "
-                    f"use it on inputs of at most {ZCA_MAX_FEATURES} values or choose --normalize standardize"
-                )
-            mean = flat.mean(axis=0)
-            centred = flat - mean
-            cov = centred.T @ centred / len(flat)
+            if stats.outer is None:
+                raise ValueError("zca needs the statistics scanned with covariance=True")
+            mean = stats.flat_sum / stats.samples
+            cov = stats.outer / stats.samples - np.outer(mean, mean)
             eigval, eigvec = np.linalg.eigh(cov)
             eigval = np.clip(eigval, 0, None)
             whiten = (eigvec / np.sqrt(eigval + self.epsilon)) @ eigvec.T
@@ -136,12 +134,68 @@ class Normalizer:
         return cls(mode=data["mode"], epsilon=float(data["epsilon"]), state=dict(data["state"]))
 
 
+@dataclass
+class Statistics:
+    """What the normalisers need of the training samples, gathered in one pass by :func:`scan`:
+    the range, per-channel sums of values and of squares (float64), and for ZCA the sums of the
+    flattened samples and of their outer products."""
+
+    low: float
+    high: float
+    samples: int
+    count: int  # values per channel
+    sum: np.ndarray
+    sum_sq: np.ndarray
+    spatial_dims: int
+    flat_sum: np.ndarray | None = None
+    outer: np.ndarray | None = None
+
+
+def _blocks(x: Any, rows: np.ndarray, chunk_bytes: int) -> Iterator[np.ndarray]:
+    if hasattr(x, "blocks"):  # rows read on demand (a file's, a Dataset's): they read in bulk, or in workers
+        yield from x.blocks(rows, chunk_bytes)
+        return
+    step = max(1, chunk_bytes // max(x[:1].nbytes, 1))
+    for i in range(0, len(rows), step):
+        yield x[rows[i : i + step]]
+
+
+def scan(x: Any, rows: np.ndarray | None = None, covariance: bool = False, chunk_bytes: int = 2**26) -> Statistics:
+    """One pass over ``x`` (its ``rows``, when given), 64 MB at a time: nothing the size of the data is
+    held, however large it is or however slowly its rows are decoded. ``covariance`` adds what ZCA
+    needs (a features x features matrix: at most :data:`ZCA_MAX_FEATURES` features)."""
+    rows = np.arange(len(x)) if rows is None else np.asarray(rows)
+    features = int(np.prod(x.shape[1:]))
+    if covariance and features > ZCA_MAX_FEATURES:
+        raise ConvaeError(
+            f"zca on {features} features needs a {features}x{features} matrix; "
+            f"use it on inputs of at most {ZCA_MAX_FEATURES} values or choose --normalize standardize"
+        )
+    channels = x.shape[1]
+    low, high = np.inf, -np.inf
+    total, total_sq = np.zeros(channels), np.zeros(channels)
+    flat_sum = np.zeros(features) if covariance else None
+    outer = np.zeros((features, features)) if covariance else None
+    for part in _blocks(x, rows, chunk_bytes):
+        low, high = min(low, part.min()), max(high, part.max())
+        values = floats(part).astype(np.float64)
+        per_channel = values.swapaxes(0, 1).reshape(channels, -1)
+        total += per_channel.sum(axis=1)
+        total_sq += (per_channel**2).sum(axis=1)
+        if covariance:
+            flat = values.reshape(len(values), -1)
+            flat_sum += flat.sum(axis=0)
+            outer += flat.T @ flat
+    if x.dtype == np.uint8:  # as floats() scales them, to the bit
+        low, high = floats(np.array([low]))[0], floats(np.array([high]))[0]
+    count = len(rows) * (features // channels)
+    return Statistics(float(low), float(high), len(rows), count, total, total_sq, x.ndim - 2, flat_sum, outer)
+
+
 def value_range(x: np.ndarray, rows: np.ndarray | None = None, chunk_bytes: int = 2**26) -> tuple[float, float]:
     """(min, max) of ``x`` (or of its ``rows``), 64 MB of rows at a time: no copy of the whole."""
     rows = np.arange(len(x)) if rows is None else rows
-    step = max(1, chunk_bytes // max(x[:1].nbytes, 1))
-    parts = (x[rows[i : i + step]] for i in range(0, len(rows), step))
-    lows, highs = zip(*((part.min(), part.max()) for part in parts))
+    lows, highs = zip(*((part.min(), part.max()) for part in _blocks(x, rows, chunk_bytes)))
     low, high = min(lows), max(highs)
     if x.dtype == np.uint8:  # as floats() scales them, to the bit
         return float(floats(np.array([low]))[0]), float(floats(np.array([high]))[0])

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from convae.checkpoint import atomic_write, make_folder, write_json
+from convae.checkpoint import all_or_nothing, atomic_write, make_folder, write_json
 from convae.config import SCORE_METRICS
 from convae.data import Dataset
 from convae.errors import ConvaeError
@@ -243,12 +243,13 @@ def score(
         result.update(pixel_metrics(amaps, masks[:, 0], scores, y, scored.classes))
     if report is not None and x.ndim != 4:
         raise ConvaeError("--report shows images (N, C, H, W); this data is not 2-D images")
-    if maps_dir is not None and x.ndim == 4:
-        top = threshold if metric == "max" else None
-        write_maps(maps_dir, x, amaps, scores, masks, result["files"], top, maps)
-    if report is not None:
-        write_review(report, _review(run, data, x, y, scored, masks, amaps, result, anomaly_class, fpr, sigmas))
-    record_threshold(run, key, record)  # the run changes only once the command has succeeded
+    with all_or_nothing():  # the maps, the page and the threshold, or none of them
+        if maps_dir is not None and x.ndim == 4:
+            top = threshold if metric == "max" else None
+            write_maps(maps_dir, x, amaps, scores, masks, result["files"], top, maps)
+        if report is not None:
+            write_review(report, _review(run, data, x, y, scored, masks, amaps, result, anomaly_class, fpr, sigmas))
+        record_threshold(run, key, record)  # the run changes only once the command has succeeded
     return result
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from convae import checkpoint
 from convae.data import Dataset, floats, load_for, run_splits
 from convae.data.preprocess import corrupt
 from convae.errors import ConvaeError
@@ -157,5 +158,6 @@ def evaluate(
         f"pca_{n_components}": pca_metrics,
     }
     if write:
-        write_report(run, result, x_eval, x_hat, y_eval, dataset.classes)
+        with checkpoint.all_or_nothing():  # eval.json, report.md and its pictures, or none
+            write_report(run, result, x_eval, x_hat, y_eval, dataset.classes)
     return result

@@ -98,11 +98,12 @@ def reconstruct(
         for k, r in enumerate(row):
             canvas.paste(r, (k * r.width, 0))
         pictures.append(canvas)
-    out_dir = checkpoint.make_folder(out_dir)
     written = []
-    for name, picture in zip(names, pictures):
-        save_png(out_dir / f"{name}.png", picture)
-        written.append(str(out_dir / f"{name}.png"))
+    with checkpoint.all_or_nothing():  # every picture, or none
+        out_dir = checkpoint.make_folder(out_dir)
+        for name, picture in zip(names, pictures):
+            save_png(out_dir / f"{name}.png", picture)
+            written.append(str(out_dir / f"{name}.png"))
     return written
 
 

@@ -5,7 +5,8 @@ Three placements, chosen by :func:`choose_placement` or forced with ``--placemen
 ==========  ===================================================================
 ``device``  the whole array on the GPU; a batch is a gather there (no copies)
 ``host``    the whole array in host memory (pinned for a GPU), gathered there
-``stream``  rows stay in their file (:class:`~convae.data.rows.FileArray`); each
+``stream``  rows stay in their file (:class:`~convae.data.rows.FileArray`) or
+            their torch Dataset (:class:`~convae.data.torchdata.DatasetRows`); each
             step's rows are read by DataLoader workers, pinned and prefetched
 ==========  ===================================================================
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -109,14 +111,13 @@ class Feed:
     """A run's training samples in their placement; :meth:`rows` and :meth:`batches` give them on the
     device, in the data's scale."""
 
-    def __init__(
-        self, x: np.ndarray | FileArray, device: torch.device, placement: str, workers: int | None, world: int = 1
-    ):
+    def __init__(self, x: Any, device: torch.device, placement: str, workers: int | None, world: int = 1):
         if workers is None:  # reading is light: the cores are for training (2 workers on 2 cores: 90 %, 1: 97 %)
             workers = min(4, max(1, (os.cpu_count() or 1) // 4))
         self.device = device
         self.source = x
-        self.placement = choose_placement(placement, x.nbytes, isinstance(x, FileArray), device, world)
+        in_memory = isinstance(x, np.ndarray)  # else rows read on demand: a file's, or a torch Dataset's
+        self.placement = choose_placement(placement, x.nbytes, not in_memory, device, world)
         # Where indices and the epoch's permutation live: with the data, so a gather never crosses devices.
         self.index_device = device if self.placement == "device" else torch.device("cpu")
         self.x: Tensor | None = None

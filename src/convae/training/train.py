@@ -23,7 +23,7 @@ import torch
 from convae import checkpoint, presets, runtime
 from convae.config import USER_FIELDS, TrainConfig, arch_of, resolve_config
 from convae.data import Dataset, load_for, run_splits
-from convae.data.preprocess import Normalizer, value_range
+from convae.data.preprocess import Normalizer, scan
 from convae.errors import ConvaeError
 from convae.network.model import ModelConfig, build
 from convae.training import distributed, rundir
@@ -46,10 +46,13 @@ def prepare(config: TrainConfig, normalizer_state: dict | None = None, dataset: 
         raise ConvaeError(f"dataset '{config.data}' has {n} sample(s); at least 2 are needed to train")
     splits = run_splits(dataset, config)
     train_idx, val_idx = splits.train, splits.val
+    # One pass over the training split gives its range and the normaliser's statistics: a Dataset
+    # that decodes its files is decoded once before training, not once per statistic.
+    stats = scan(dataset.x_train, train_idx, covariance=normalizer_state is None and config.normalize == "zca")
     if normalizer_state is not None:
         normalizer = Normalizer.from_dict(normalizer_state)
     else:
-        normalizer = Normalizer(config.normalize, config.zca_epsilon).fit(dataset.x_train, train_idx)
+        normalizer = Normalizer(config.normalize, config.zca_epsilon).fit_statistics(stats)
     output = config.output or normalizer.output_activation
     torch.manual_seed(config.seed)  # the initial weights
     shape = dataset.sample_shape
@@ -60,8 +63,7 @@ def prepare(config: TrainConfig, normalizer_state: dict | None = None, dataset: 
             )
         shape = (shape[0],) + (config.crop,) * (len(shape) - 1)
     model = build(arch_of(config), shape, output=output, tied=config.tied, upsample=config.upsample)
-    low, high = value_range(dataset.x_train, train_idx)
-    return Prepared(dataset, train_idx, val_idx, splits.test, normalizer, model, low, high)
+    return Prepared(dataset, train_idx, val_idx, splits.test, normalizer, model, stats.low, stats.high)
 
 
 def _default_out(config: TrainConfig) -> Path:
@@ -186,6 +188,7 @@ def train(
     dist, device = distributed.setup(runtime.pick_device(config.device))
     lock = rundir.RunLock(run_dir)
     trainer = None
+    events = set(run_dir.glob("events.out.tfevents.*"))  # those of earlier sessions of the run
     try:
         if dist.main:
             lock.acquire()
@@ -199,8 +202,17 @@ def train(
         if state is not None:
             trainer.load_state(state, plan.new_schedule)
         if dist.main:
-            checkpoint.write_json(run_dir / "config.json", config.to_dict())
-            checkpoint.atomic_write(run_dir / "preprocess.pt", lambda f: torch.save(prepared.normalizer.to_dict(), f))
+            settings = [
+                lambda: checkpoint.write_json(run_dir / "config.json", config.to_dict()),
+                lambda: checkpoint.atomic_write(
+                    run_dir / "preprocess.pt", lambda f: torch.save(prepared.normalizer.to_dict(), f)
+                ),
+            ]
+            if state is None:  # a new run: its settings first, so that a kill before its first checkpoint restarts it
+                for write in settings:
+                    write()
+            else:  # a resume rewrites them with its first checkpoint: one that fails before has changed nothing
+                trainer.pending = settings
         if not plan.finish_only:
             trainer.fit(on_step)
         else:
@@ -217,6 +229,9 @@ def train(
                 shutil.rmtree(run_dir, ignore_errors=True)
             else:
                 rundir.clear_startup_files(run_dir)
+        elif lock.held and trainer is not None and not trainer.saved:
+            for path in set(run_dir.glob("events.out.tfevents.*")) - events:  # a resume that got nowhere
+                path.unlink(missing_ok=True)
         raise
     finally:
         lock.release()

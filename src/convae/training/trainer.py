@@ -171,6 +171,9 @@ class Trainer:
         self.summaries: Summaries | None = None
         self.bar = None
         self.on_epoch: Callable[[dict[str, float]], None] | None = None
+        # Writes that wait for the first checkpoint: a resume's settings, so that one that fails first is no change.
+        self.pending: list[Callable[[], None]] = []
+        self.saved = False  # whether this process has written a checkpoint
 
     # -- one step ------------------------------------------------------------------------------
     def _trial(self, compiled: nn.Module) -> None:
@@ -361,11 +364,15 @@ class Trainer:
             self.pictures.images(val_idx[:16])
         if config.histograms:
             self.summaries.histograms(self.model, self.pictures.activations(val_idx[:256]), state.step)
-        checkpoint.write_json(self.run_dir / "metrics.json", state.metrics)
         ckpt = self.state_dict()
-        checkpoint.save(self.run_dir / "last.pt", ckpt)
-        if improved:
-            checkpoint.save(self.run_dir / "best.pt", ckpt)
+        with checkpoint.all_or_nothing():  # the epoch's record and checkpoints land together, or none of them
+            for write in self.pending:
+                write()
+            checkpoint.write_json(self.run_dir / "metrics.json", state.metrics)
+            checkpoint.save(self.run_dir / "last.pt", ckpt)
+            if improved:
+                checkpoint.save(self.run_dir / "best.pt", ckpt)
+        self.pending, self.saved = [], True
         self._log(
             f"epoch {epoch}/{config.epochs}  train {train_loss:.5f}  val {val['loss']:.5f}  "
             f"psnr {val['psnr']:.2f} dB  {images_per_s:.0f} img/s"

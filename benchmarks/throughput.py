@@ -49,7 +49,7 @@ import convae
 from convae.config import resolve_config
 from convae.data import floats, load
 from convae.errors import ConvaeError
-from convae.runtime import pick_device
+from convae.runtime import cpu_has_native_bf16, pick_device
 from convae.training.train import train
 
 ARCHS = {
@@ -78,7 +78,9 @@ def device_name(device: torch.device) -> str:
 
 
 def cpu_class() -> dict:
-    """The processor: its model name, the SIMD level PyTorch dispatches to, and native bf16 or not."""
+    """The processor: its model name, the SIMD level PyTorch dispatches to, and native bf16 or not
+    (as convae decides it: a process run with ``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2``
+    measures the AVX2 kernels, without bf16, on a newer CPU)."""
     model, flags = platform.processor() or platform.machine(), set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -88,7 +90,7 @@ def cpu_class() -> dict:
                 flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    bf16 = bool(flags & {"avx512_bf16", "amx_bf16"})
+    bf16 = bool(flags & {"avx512_bf16", "amx_bf16"}) and cpu_has_native_bf16()  # False under an ISA cap
     return {"model": model, "simd": torch.backends.cpu.get_cpu_capability(), "native_bf16": bf16}
 
 

@@ -19,10 +19,16 @@ def _run(script, *args):
 
 
 def test_cpu_variants_times_a_preset_in_each_variant():
-    result = _run("cpu_variants.py", "--arch", "small", "--batch", "4", "--steps", "1", "--variants", "plain,bf16")
-    assert result.returncode == 0, result.stderr
-    rates = [line.split()[:3] for line in result.stdout.splitlines()[1:]]
-    assert [r[0] for r in rates] == ["plain", "bf16"] and all(float(r[1]) > 0 and r[2] == "img/s" for r in rates)
+    args = ["--arch", "small", "--batch", "4,2", "--steps", "1", "--variants", "plain,cl_fused"]
+    for isa in ("native", "avx2"):
+        result = _run("cpu_variants.py", *args, "--isa", isa)
+        assert result.returncode == 0, result.stderr
+        head, *rows = result.stdout.splitlines()
+        assert ("oneDNN cap AVX2" in head) == (isa == "avx2"), head  # the child's kernels are capped
+        assert [row.split()[:2] for row in rows] == [["small", "b4"], ["small", "b2"]]
+        for row in rows:
+            cells = row.split("img/s:")[1].split()
+            assert cells[0::2] == ["plain", "cl_fused"] and all(float(rate) > 0 for rate in cells[1::2])
 
 
 def test_cpu_variants_rejects_an_unknown_arch():

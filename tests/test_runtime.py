@@ -47,6 +47,26 @@ def test_speed_defaults_on_a_gpu(monkeypatch):
     assert speed_settings(None, False, "max-autotune", cuda, 2, images=True) == Speed(True, False, "max-autotune")
 
 
+def test_a_capped_instruction_set_has_no_native_bf16(monkeypatch):
+    """Kernels capped below AVX512-BF16 (as the benchmarks run an AVX2 machine's) would emulate bf16:
+    autocast stays off there, whatever the CPU itself has."""
+    from convae import runtime
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    assert runtime.cpu_has_native_bf16()
+    cpu = torch.device("cpu")
+    assert runtime.speed_settings(None, None, None, cpu, 1, images=True) == Speed(True, True, False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
+    assert not runtime.cpu_has_native_bf16()
+    assert runtime.speed_settings(None, None, None, cpu, 1, images=True) == Speed(True, False, False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+    assert runtime.cpu_has_native_bf16()
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    assert not runtime.cpu_has_native_bf16()
+
+
 def _compile_with(monkeypatch, backend):
     """torch.compile through Dynamo with another backend: the trainer's path, without inductor's cost."""
     compile_ = torch.compile

@@ -8,6 +8,7 @@ computes exactly as before.
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -40,9 +41,20 @@ def fits_on_device(nbytes: int, device: torch.device, share: float = 0.5) -> boo
     return nbytes <= share * free
 
 
+# oneDNN's instruction-set caps (ONEDNN_MAX_CPU_ISA) below which it has no bf16 arithmetic.
+_NO_BF16_ISAS = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+
+
 def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX on this CPU. PyTorch answers only through private helpers, which a
-    release may rename: without them the answer is no (float32, never wrong, maybe slower)."""
+    """AVX512-BF16 or AMX on this CPU, and oneDNN and ATen allowed to use them. PyTorch answers
+    only through private helpers, which a release may rename: without them the answer is no
+    (float32, never wrong, maybe slower). A process that caps the instruction set
+    (``ONEDNN_MAX_CPU_ISA=AVX2``, ``ATEN_CPU_CAPABILITY=avx2``: how the benchmarks run an AVX2
+    machine's kernels on a newer CPU) gets no: the capped kernels would emulate bf16, slowly."""
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in _NO_BF16_ISAS:
+        return False
+    if os.environ.get("ATEN_CPU_CAPABILITY", "").lower() in ("default", "avx2"):
+        return False
     checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     try:
         return any(check() for check in checks if check is not None)

@@ -9,6 +9,7 @@
 # 2. a profile of the keras model's compiled step at batch 128 (short of 2x there);
 # 3. streamed against resident training at 128x128 RGB (issue 35: streamed at least 90 % of resident),
 #    scoring speed at 128x128 and for a 1024x1024 image by sliding windows (issue 36),
+#    inspection on real photographs with DRAEM trained longer than a CPU can (issue 42: 300 epochs),
 #    and the test suite with CUDA as the default device.
 # Output: $OUT/summary.txt (also printed) and $OUT/results.tgz (logs, metrics, final.json).
 # On an H200 (2026-11-27): step 1 took 53 s eager with 2 repeats (each compiled measurement now
@@ -30,10 +31,10 @@ cap() { # the smaller of a step's own cap and what the deadline leaves (minus pa
 
 if [ -n "${TINY:-}" ]; then
     TP=(--samples 2048 --epochs 2 --repeats 1 --archs keras) ST=(--samples 1000 --steps 30 --size 32)
-    SC=(--batch 4 --batches 1 --large 256)
+    SC=(--batch 4 --batches 1 --large 256) RI=(--categories brick --set epochs=1 max_steps=3)
 else
     TP=(--samples 30720 --epochs 2 --repeats 1) ST=(--samples 20000 --steps 300 --size 128)
-    SC=(--batch 256 --batches 10 --large 1024)
+    SC=(--batch 256 --batches 10 --large 1024) RI=(--categories brick,tissue,gravel,grass --set epochs=300)
 fi
 DEVICE=$(python3 -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
 RESIDENT=$([ "$DEVICE" = cuda ] && echo device || echo host)
@@ -58,6 +59,9 @@ timeout "$(cap 150)" python3 benchmarks/streaming.py --throughput "${ST[@]}" --d
     --resident "$RESIDENT" 2>&1 | tee "$WORK/streaming.txt"
 echo "== 3b. scoring speed, the inspection preset ($(left) s left)"
 timeout "$(cap 60)" python3 benchmarks/scoring_speed.py "${SC[@]}" --device "$DEVICE" 2>&1 | tee "$WORK/scoring.txt"
+echo "== 3c. inspection on real photographs, DRAEM trained longer ($(left) s left)"
+timeout "$(cap 240)" python3 benchmarks/real_inspection.py --methods inspection "${RI[@]}" device="$DEVICE" \
+    2>&1 | tee "$WORK/real_inspection.txt"
 echo "== 4. the tests, CUDA the default device ($(left) s left)"
 OMP_NUM_THREADS=4 timeout "$(cap 300)" python3 -m pytest -q -p no:cacheprovider >"$WORK/pytest.txt" 2>&1
 
@@ -73,6 +77,8 @@ OMP_NUM_THREADS=4 timeout "$(cap 300)" python3 -m pytest -q -p no:cacheprovider 
     tail -2 "$WORK/streaming.txt"
     echo "== scoring speed"
     tail -1 "$WORK/scoring.txt"
+    echo "== inspection on real photographs (one JSON line a category done)"
+    grep '^{' "$WORK/real_inspection.txt"
     echo "== tests on the GPU"
     tail -15 "$WORK/pytest.txt"
     echo "== $((SECONDS - START)) s in all"

@@ -3,6 +3,7 @@
     python3 benchmarks/real_inspection.py                                # every category, every method
     python3 benchmarks/real_inspection.py --categories brick --methods knn
     python3 benchmarks/real_inspection.py --methods ae-ssim --keep sets/ # keep the sets (MVTec AD's layout)
+    python3 benchmarks/real_inspection.py --methods inspection --set epochs=300 device=cuda  # another recipe
 
 The categories are photographs that ship with scikit-image (nothing is downloaded): ``brick``,
 ``grass`` and ``gravel`` (grey textures, 512x512) and ``tissue`` (immunohistochemistry, RGB). Each
@@ -44,7 +45,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import SRC
+from common import SRC, add_set_flag, parse_set
 
 sys.path.insert(0, str(SRC))
 
@@ -225,13 +226,14 @@ def knn_method(root: Path) -> dict:
     return result
 
 
-def convae_method(root: Path, arch: str, work: Path) -> dict:
+def convae_method(root: Path, arch: str, work: Path, settings: dict | None = None) -> dict:
     from convae.config import resolve_config
     from convae.inference.anomaly import score
     from convae.training.train import train
 
     out = work / f"run-{root.name}-{arch}"
-    config = resolve_config(dict(data=f"mvtec:{root}", arch=arch, quiet=True, histograms=False, out=str(out)))
+    settings = dict(data=f"mvtec:{root}", arch=arch, quiet=True, histograms=False, out=str(out)) | (settings or {})
+    config = resolve_config(settings)
     started = time.perf_counter()
     train(config)
     minutes = (time.perf_counter() - started) / 60
@@ -244,7 +246,9 @@ def main() -> int:
     parser.add_argument("--categories", default=",".join(CATEGORIES), help="comma-separated (default: all)")
     parser.add_argument("--methods", default="knn,ae-ssim,inspection", help="comma-separated: knn, or a --arch")
     parser.add_argument("--keep", help="write the sets (and runs) here instead of a temporary folder")
+    add_set_flag(parser, "training settings beyond each --arch's recipe, e.g. epochs=300 device=cuda")
     args = parser.parse_args()
+    settings = parse_set(parser, args.set)
     keys = ("image_auroc", "pixel_auroc", "aupro")
     rows: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -252,7 +256,7 @@ def main() -> int:
         for name in args.categories.split(","):
             root = build(work, name)
             for method in args.methods.split(","):
-                r = knn_method(root) if method == "knn" else convae_method(root, method, work)
+                r = knn_method(root) if method == "knn" else convae_method(root, method, work, settings)
                 row = {"category": name, "method": method, **{k: round(r[k], 3) for k in keys}}
                 row["train_minutes"] = round(r["train_minutes"], 1)
                 row["per_type"] = {t: {k: round(v[k], 3) for k in keys} for t, v in r["per_type"].items()}

@@ -383,10 +383,14 @@ class Trainer:
     def _chunks(self, idx: Tensor, x: Any = None) -> Iterator[Tensor]:
         """Samples by index (of the training data, or of ``x``) on the device, in validation's batches:
         1024 samples, fewer for large ones (64x64 RGB: 170), so that validation's activations stay
-        within what a training step needs."""
+        within what a training step needs. Rows of the training data come as its steps do: gathered
+        where they live, or decoded ahead by the streaming workers (a torch Dataset's, a file's)."""
         size = max(64, min(1024, 2**21 // max(1, math.prod(self.model.input_shape))))
+        if x is None:
+            yield from self.feed.batches(list(idx.split(size)))
+            return
         for part in idx.split(size):
-            yield self.feed.rows(part) if x is None else to_device(read_rows(x, part), self.device)
+            yield to_device(read_rows(x, part), self.device)
 
     @torch.no_grad()
     def validate(self, batches: Iterable[Tensor], train_mode: bool = False) -> dict[str, float]:

@@ -192,16 +192,6 @@ def scan(x: Any, rows: np.ndarray | None = None, covariance: bool = False, chunk
     return Statistics(float(low), float(high), len(rows), count, total, total_sq, x.ndim - 2, flat_sum, outer)
 
 
-def value_range(x: np.ndarray, rows: np.ndarray | None = None, chunk_bytes: int = 2**26) -> tuple[float, float]:
-    """(min, max) of ``x`` (or of its ``rows``), 64 MB of rows at a time: no copy of the whole."""
-    rows = np.arange(len(x)) if rows is None else rows
-    lows, highs = zip(*((part.min(), part.max()) for part in _blocks(x, rows, chunk_bytes)))
-    low, high = min(lows), max(highs)
-    if x.dtype == np.uint8:  # as floats() scales them, to the bit
-        return float(floats(np.array([low]))[0]), float(floats(np.array([high]))[0])
-    return float(low), float(high)
-
-
 def corrupt(
     noise: Noise, x: Tensor, low: float = 0.0, high: float = 1.0, generator: torch.Generator | None = None
 ) -> Tensor:

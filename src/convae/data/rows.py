@@ -23,8 +23,49 @@ from convae.errors import ConvaeError
 CHUNK_BYTES = 2**26  # 64 MB: what a scan over the whole file holds at once
 
 
+class OnDemandRows:
+    """What the toolkit asks of an array, for rows read on demand: ``len``, ``ndim``, ``nbytes``,
+    ``x[i]``, ``x[a:b]``, ``x[indices]``, ``x[mask]`` and ``np.asarray(x)``, all through
+    ``read(rows)``. A subclass gives ``shape``, ``dtype`` and ``read``."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+    @property
+    def row_bytes(self) -> int:
+        return int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self.read(np.arange(len(self)))
+        return out if dtype is None else out.astype(dtype)
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, (int, np.integer)):
+            return self.read(np.array([key]))[0]
+        if isinstance(key, slice):  # x[:1] must not build an index of every row
+            return self.read(np.arange(*key.indices(len(self))))
+        key = np.asarray(key)
+        if key.dtype == bool:
+            key = np.flatnonzero(key)
+        return self.read(key.astype(np.int64))
+
+
 @dataclass
-class FileArray:
+class FileArray(OnDemandRows):
     """Rows ``(N, *sample)`` of a C-ordered array at ``offset`` in ``path``."""
 
     path: str
@@ -47,42 +88,12 @@ class FileArray:
         if self._fd is not None:
             os.close(self._fd)
 
-    # -- what an array answers
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    @property
-    def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        out = self.read(np.arange(len(self)))
-        return out if dtype is None else out.astype(dtype)
-
-    def __getitem__(self, key) -> np.ndarray:
-        if isinstance(key, (int, np.integer)):
-            return self.read(np.array([key]))[0]
-        if isinstance(key, slice):  # x[:1] must not build an index of every row
-            return self.read(np.arange(*key.indices(len(self))))
-        key = np.asarray(key)
-        if key.dtype == bool:
-            key = np.flatnonzero(key)
-        return self.read(key.astype(np.int64))
-
     def with_shape(self, shape: tuple[int, ...]) -> FileArray:
         """The same rows viewed with another sample shape of as many values (a channel axis added)."""
         assert shape[0] == self.shape[0] and np.prod(shape[1:]) == np.prod(self.shape[1:])
         return FileArray(self.path, self.offset, tuple(shape), self.dtype, self.stamp)
 
     # -- reading
-    @property
-    def _row_bytes(self) -> int:
-        return int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
-
     def read(self, rows: np.ndarray) -> np.ndarray:
         """These rows, in this order; consecutive rows of the file are read in one call."""
         rows = np.asarray(rows, dtype=np.int64)
@@ -106,7 +117,7 @@ class FileArray:
     def blocks(self, rows: np.ndarray | None = None, chunk_bytes: int = CHUNK_BYTES) -> Iterator[np.ndarray]:
         """The given rows (all, by default) in ``chunk_bytes`` pieces: a scan in bounded memory."""
         rows = np.arange(len(self)) if rows is None else np.asarray(rows)
-        step = max(1, chunk_bytes // max(self._row_bytes, 1))
+        step = max(1, chunk_bytes // max(self.row_bytes, 1))
         for i in range(0, len(rows), step):
             yield self.read(rows[i : i + step])
 
@@ -116,7 +127,7 @@ class FileArray:
                 self._fd = os.open(self.path, os.O_RDONLY)
             except OSError as err:
                 raise ConvaeError(f"{self.path}: cannot read the data file ({err.strerror}); did it vanish?") from None
-        want, where = out.nbytes, self.offset + first_row * self._row_bytes
+        want, where = out.nbytes, self.offset + first_row * self.row_bytes
         view = memoryview(out).cast("B")
         done = 0
         while done < want:

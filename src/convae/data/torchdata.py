@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch.utils.data
 
-from convae.data.rows import CHUNK_BYTES, FileArray
+from convae.data.rows import CHUNK_BYTES, FileArray, OnDemandRows
 from convae.data.samples import as_samples
 from convae.errors import ConvaeError
 
@@ -41,7 +41,17 @@ def as_row(item: Any, where: str, spatial_dims: int | None = None) -> np.ndarray
     return as_samples(x[None], where, spatial_dims)[0]
 
 
-class DatasetRows:
+def check_like(row: np.ndarray, i: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """``row`` (item ``i``) when it has item 0's shape and type; else one line naming the item."""
+    if row.shape != shape or row.dtype != dtype:
+        raise ConvaeError(
+            f"dataset item {i} is {row.dtype} {tuple(row.shape)}, item 0 was {dtype} {shape}: "
+            "every sample must have one shape and type"
+        )
+    return row
+
+
+class DatasetRows(OnDemandRows):
     """The samples of a map-style Dataset, ``(N, C, *spatial)``, read by index when asked for."""
 
     def __init__(self, dataset: torch.utils.data.Dataset, spatial_dims: int | None = None, workers: int | None = None):
@@ -59,39 +69,10 @@ class DatasetRows:
         self.shape: tuple[int, ...] = (n, *row.shape)
         self.dtype = row.dtype
 
-    # -- what an array answers
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    @property
-    def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, key) -> np.ndarray:
-        if isinstance(key, (int, np.integer)):
-            return self.read(np.array([key]))[0]
-        if isinstance(key, slice):
-            return self.read(np.arange(*key.indices(len(self))))
-        key = np.asarray(key)
-        return self.read(np.flatnonzero(key) if key.dtype == bool else key.astype(np.int64))
-
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        out = self.read(np.arange(len(self)))
-        return out if dtype is None else out.astype(dtype)
-
     def row(self, i: int) -> np.ndarray:
         """Sample ``i``, checked against the first: one line naming the item when it differs."""
         row = as_row(self.dataset[int(i)], f"dataset item {i}", self.spatial_dims)
-        if row.shape != self.shape[1:] or row.dtype != self.dtype:
-            raise ConvaeError(
-                f"dataset item {i} is {row.dtype} {tuple(row.shape)}, item 0 was {self.dtype} {self.shape[1:]}: "
-                "every sample must have one shape and type"
-            )
-        return row
+        return check_like(row, i, self.shape[1:], self.dtype)
 
     def read(self, rows: np.ndarray) -> np.ndarray:
         """These rows, in this order, read in this process."""
@@ -107,8 +88,7 @@ class DatasetRows:
         """The given rows (all, by default) in order, ``chunk_bytes`` at a time, decoded by DataLoader
         workers: a scan in bounded memory that uses the cores."""
         rows = np.arange(len(self)) if rows is None else np.asarray(rows, dtype=np.int64)
-        row_bytes = max(1, self.nbytes // len(self))
-        step = max(1, chunk_bytes // row_bytes)
+        step = max(1, chunk_bytes // max(1, self.row_bytes))
         parts = [rows[i : i + step] for i in range(0, len(rows), step)]
         if self.workers == 0 or len(parts) < 2:
             yield from (self.read(part) for part in parts)
@@ -175,11 +155,7 @@ def spool(dataset: torch.utils.data.IterableDataset, spatial_dims: int | None = 
                 row = as_row(item, f"dataset item {n}", spatial_dims)
                 if shape is None:
                     shape, dtype = row.shape, row.dtype
-                elif row.shape != shape or row.dtype != dtype:
-                    raise ConvaeError(
-                        f"dataset item {n} is {row.dtype} {tuple(row.shape)}, item 0 was {dtype} {shape}: "
-                        "every sample must have one shape and type"
-                    )
+                check_like(row, n, shape, dtype)
                 if _is_pair(item):
                     labels.append(int(item[1]))
                 f.write(np.ascontiguousarray(row).tobytes())

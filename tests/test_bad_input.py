@@ -193,6 +193,52 @@ def test_ctrl_c_while_starting_up_is_one_line():
     assert process.returncode == 130 and "Traceback" not in err and err.strip() == "convae: interrupted", err
 
 
+def test_ctrl_c_inside_an_import_is_raised_once_the_import_is_done(tmp_path, monkeypatch, capsys):
+    # Raised inside an import, torch's C++ can abort on it or a library swallow it (seen in startup).
+    import signal
+    import time
+
+    from convae import cli
+
+    (tmp_path / "slow_library.py").write_text(
+        "import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\ntime.sleep(0.2)\nLOADED = True\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    after_import = []
+
+    def command(args):
+        import slow_library
+
+        after_import.append(slow_library.LOADED)
+        time.sleep(5)  # the interruption arrives here
+        return 0
+
+    monkeypatch.setattr(cli, "_cmd_presets", command)
+    assert cli.main(["presets"]) == 130
+    assert after_import == [True]
+    assert capsys.readouterr().err == "convae: interrupted\n"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_that_passed_through_exec_still_exits_130(tmp_path):
+    # CPython ends a `python -m` process by SIGINT after a KeyboardInterrupt left any exec() of a
+    # string (scipy's import runs one), whatever exit status it is given, unless convae clears that.
+    script = (
+        "import runpy, sys\n"
+        "import convae.cli\n"
+        "def interrupted(argv=None):\n"
+        "    try:\n"
+        "        exec('raise KeyboardInterrupt')\n"
+        "    except KeyboardInterrupt:\n"
+        "        return 130\n"
+        "convae.cli.main = interrupted\n"
+        "runpy.run_module('convae', run_name='__main__', alter_sys=True)\n"
+    )
+    (tmp_path / "launch.py").write_text(script)
+    process = subprocess.run([sys.executable, "-m", "launch"], cwd=tmp_path, capture_output=True, text=True)
+    assert process.returncode == 130, process.stderr
+
+
 def test_string_labels_in_an_npz_become_classes(tmp_path):
     from convae import data
 

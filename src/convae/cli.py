@@ -448,22 +448,36 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _inside_import(frame) -> bool:
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; a user mistake is one line on stderr and exit status 2, Ctrl-C is 130."""
     import signal
     import threading
     import warnings
 
-    # Ctrl-C can land inside a library's import and leave it half-initialised, so that what surfaces
-    # is some other error; once Ctrl-C was pressed, whatever follows is reported as the interruption.
+    # Once Ctrl-C was pressed, whatever follows is reported as the interruption. It is not raised
+    # inside an import: there torch's C++ can turn it into an abort, or a library swallow it; it is
+    # raised by an alarm once the import is done.
     interrupted: list[bool] = []
 
     def on_interrupt(signum, frame):
         interrupted.append(True)
+        if can_defer and _inside_import(frame):
+            signal.setitimer(signal.ITIMER_REAL, 0.05)
+            return
         raise KeyboardInterrupt
 
     main_thread = threading.current_thread() is threading.main_thread()
+    can_defer = main_thread and hasattr(signal, "setitimer")  # not on Windows
     previous = signal.signal(signal.SIGINT, on_interrupt) if main_thread else None
+    previous_alarm = signal.signal(signal.SIGALRM, on_interrupt) if can_defer else None
     try:
         args = make_parser().parse_args(argv)
         # Warnings from the libraries wait for the command's end: when it fails they are dropped,
@@ -501,3 +515,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
+        if previous_alarm is not None:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous_alarm)

@@ -26,10 +26,12 @@ anomaly generator. Methods:
 
 - ``knn``: no training; each 9x9 pixel patch of a test image is scored by its distance to the
   nearest of 20,000 9x9 patches of the training crops; the map is upsampled to the image, the
-  image score is its maximum (about 40 lines, below).
+  image score is its maximum (``convae.inference.patches``).
 - ``ae-ssim``: ``convae train --arch ae-ssim`` (Bergmann et al.'s AE-SSIM recipe) then
   ``convae score``.
-- ``inspection``: ``convae train --arch inspection`` then ``convae score``.
+- ``inspection``: ``convae train --arch inspection`` then ``convae score``, and again with
+  ``--metric max+patch`` (the segmenter's map and the patch distances together), reported as
+  ``inspection max+patch``.
 
 Prints one JSON line per (category, method) and a mean line per method; training minutes are
 this machine's (name it with the figures).
@@ -185,37 +187,14 @@ def build(root: Path, name: str, n_train: int = 200, n_good: int = 20, per_kind:
 # ----------------------------------------------------------------------------- the raw-pixel baseline
 
 
-def knn_maps(train: np.ndarray, test: np.ndarray, patch: int = 9, bank: int = 20_000, stride: int = 2) -> np.ndarray:
-    """Per-pixel anomaly maps of ``test`` (N, C, H, W) in [0, 1]: each patch's distance to its nearest
-    training patch, on a grid of ``stride``, upsampled to the image."""
-    import torch
-    import torch.nn.functional as F
-
-    rng = np.random.default_rng(0)
-    unfold = torch.nn.Unfold(patch)
-    train_patches = unfold(torch.as_tensor(train)).transpose(1, 2).reshape(-1, train.shape[1] * patch * patch)
-    keep = rng.choice(len(train_patches), min(bank, len(train_patches)), replace=False)
-    memory = train_patches[torch.as_tensor(keep)]
-    maps = []
-    for image in torch.as_tensor(test):
-        grid = unfold(image[None])[0].T  # every patch, then the strided grid of them
-        side = test.shape[-1] - patch + 1
-        grid = grid.reshape(side, side, -1)[::stride, ::stride].reshape(-1, grid.shape[-1])
-        dist = torch.cat([torch.cdist(part, memory).min(dim=1).values for part in grid.split(4096)])
-        small = dist.reshape(1, 1, (side + stride - 1) // stride, -1)
-        inner = F.interpolate(small, size=(side, side), mode="bilinear", align_corners=True)
-        pad = patch // 2
-        maps.append(F.pad(inner, (pad, pad, pad, pad), mode="replicate")[0, 0].numpy())
-    return np.stack(maps)
-
-
 def knn_method(root: Path) -> dict:
     from convae.data import floats, load
     from convae.inference.anomaly import pixel_metrics
+    from convae.inference.patches import patch_maps, patch_memory
 
     dataset = load(f"mvtec:{root}")
     started = time.perf_counter()
-    maps = knn_maps(floats(dataset.x_train), floats(dataset.x_test))
+    maps = patch_maps(floats(dataset.x_test), patch_memory(floats(dataset.x_train)))
     scores = maps.reshape(len(maps), -1).max(axis=1)
     from sklearn.metrics import roc_auc_score
 
@@ -226,7 +205,8 @@ def knn_method(root: Path) -> dict:
     return result
 
 
-def convae_method(root: Path, arch: str, work: Path, settings: dict | None = None) -> dict:
+def convae_method(root: Path, arch: str, work: Path, settings: dict | None = None) -> dict[str, dict]:
+    """Train ``arch`` on the category, then score it: {method name: result}."""
     from convae.config import resolve_config
     from convae.inference.anomaly import score
     from convae.training.train import train
@@ -236,9 +216,11 @@ def convae_method(root: Path, arch: str, work: Path, settings: dict | None = Non
     config = resolve_config(settings)
     started = time.perf_counter()
     train(config)
-    minutes = (time.perf_counter() - started) / 60
-    result = score(out)
-    return result | {"train_minutes": minutes}
+    minutes = {"train_minutes": (time.perf_counter() - started) / 60}
+    results = {arch: score(out) | minutes}
+    if config.segmenter:
+        results[f"{arch} max+patch"] = score(out, metric="max+patch") | minutes
+    return results
 
 
 def main() -> int:
@@ -256,12 +238,13 @@ def main() -> int:
         for name in args.categories.split(","):
             root = build(work, name)
             for method in args.methods.split(","):
-                r = knn_method(root) if method == "knn" else convae_method(root, method, work, settings)
-                row = {"category": name, "method": method, **{k: round(r[k], 3) for k in keys}}
-                row["train_minutes"] = round(r["train_minutes"], 1)
-                row["per_type"] = {t: {k: round(v[k], 3) for k in keys} for t, v in r["per_type"].items()}
-                rows.setdefault(method, []).append(row)
-                print(json.dumps(row), flush=True)
+                results = {"knn": knn_method(root)} if method == "knn" else convae_method(root, method, work, settings)
+                for reported, r in results.items():
+                    row = {"category": name, "method": reported, **{k: round(r[k], 3) for k in keys}}
+                    row["train_minutes"] = round(r["train_minutes"], 1)
+                    row["per_type"] = {t: {k: round(v[k], 3) for k in keys} for t, v in r["per_type"].items()}
+                    rows.setdefault(reported, []).append(row)
+                    print(json.dumps(row), flush=True)
     for method, group in rows.items():
         mean = {k: round(float(np.mean([g[k] for g in group])), 3) for k in (*keys, "train_minutes")}
         held = {k: round(float(np.mean([g["per_type"][t][k] for g in group for t in HELD_OUT])), 3) for k in keys}

@@ -380,9 +380,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--metric",
         choices=cfg.SCORE_METRICS,
-        help="image score: mean error, 1 - SSIM, the max of the smoothed error map, the mean distance of the "
-        "code to the 5 nearest training codes, or mse and knn standardised on validation data and summed "
-        "(default: max for data with defect masks, else mse)",
+        help="image score: mean error, 1 - SSIM, the max of the anomaly map, the mean distance of the "
+        "code to the 5 nearest training codes, mse and knn standardised on validation data and summed, or "
+        "max+patch: max and the raw-pixel patch distances to the training images, standardised and summed "
+        "(default: max for data with defect masks or a run with a segmenter, mse+knn for a one-class run, "
+        "else mse)",
     )
     p.add_argument("--fpr", type=float, default=0.05, help="false-positive rate on validation data (default: 0.05)")
     p.add_argument(
@@ -429,7 +431,9 @@ def make_parser() -> argparse.ArgumentParser:
         "computes them, with the threshold in the metadata",
     )
     p.add_argument(
-        "--metric", choices=cfg.SCORE_METRICS[:4], help="with --scores: the image score (as for score; no knn)"
+        "--metric",
+        choices=cfg.SCORE_METRICS[:4],
+        help="with --scores: the image score (as for score; not knn, mse+knn or max+patch)",
     )
     p.add_argument(
         "--fpr",

@@ -40,7 +40,7 @@ INT64_MAX = 2**63 - 1
 EXPORT_FORMATS = ("onnx", "torchscript")  # `convae export`: the file formats and the parts of a model
 EXPORT_PARTS = ("autoencoder", "encoder", "decoder", "segmenter")
 # `convae score`'s image scores: of the reconstruction (scoring), of the code (knn), of both (anomaly)
-SCORE_METRICS = ("mse", "l1", "ssim", "max", "knn", "mse+knn")
+SCORE_METRICS = ("mse", "l1", "ssim", "max", "knn", "mse+knn", "max+patch")
 
 
 def setting(

@@ -97,3 +97,44 @@ def test_segmenter_exports_and_settings_that_cannot_apply_are_one_line_refusals(
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, err
         assert not (tmp_path / "r").exists()
+
+
+def test_max_plus_patch_adds_the_patch_distances_in_units_of_their_spread_on_normal_images(draem_run, capsys):
+    import convae
+    from convae.inference.anomaly import anomaly_scores
+    from convae.inference.patches import patch_maps, patch_memory
+    from convae.inference.run import dataset_split
+
+    capsys.readouterr()
+    assert main(["score", str(draem_run), "--metric", "max+patch", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["metric"] == "max+patch" and {"pixel_auroc", "aupro", "image_auroc"} <= set(result)
+    run = convae.load(draem_run)
+    x_val, _, _ = dataset_split(run, None, "val")
+    fused_val, maps_val = anomaly_scores(run, x_val, "max+patch")
+    # each term is a z-score on the validation images: their sum has mean 0 there, pixels as images
+    assert abs(fused_val.mean()) < 1e-5 and abs(maps_val.mean()) < 1e-3
+    x, _, _ = dataset_split(run, None, "test")
+    peaks, _ = anomaly_scores(run, x, "max")
+    distances = patch_maps(x, patch_memory(dataset_split(run, None, "train")[0]))
+    val_peaks, _ = anomaly_scores(run, x_val, "max")
+    val_dist = patch_maps(x_val, patch_memory(dataset_split(run, None, "train")[0])).reshape(len(x_val), -1).max(1)
+    expected = (peaks - val_peaks.mean()) / val_peaks.std() + (
+        distances.reshape(len(x), -1).max(1) - val_dist.mean()
+    ) / val_dist.std()
+    fused, _ = anomaly_scores(run, x, "max+patch")
+    assert np.allclose(fused, expected, atol=1e-5)
+
+
+def test_max_plus_patch_is_not_exported_and_needs_images(draem_run, tmp_path):
+    import convae
+    from convae.errors import ConvaeError
+    from convae.inference.anomaly import anomaly_scores
+    from convae.inference.export import export_run
+
+    out = tmp_path / "scorer.onnx"
+    with pytest.raises(ConvaeError, match="max\\+patch score compares patches .* not exported"):
+        export_run(draem_run, out, scores=True, metric="max+patch")
+    assert not out.exists()
+    with pytest.raises(ConvaeError, match="at least 9x9 pixels"):
+        anomaly_scores(convae.load(draem_run), np.zeros((2, 3, 8, 8), np.float32), "max+patch")

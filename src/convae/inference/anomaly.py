@@ -22,6 +22,7 @@ from convae.checkpoint import all_or_nothing, atomic_write, make_folder, write_j
 from convae.config import SCORE_METRICS
 from convae.data import Dataset
 from convae.errors import ConvaeError
+from convae.inference.patches import PATCH, patch_maps, patch_memory
 from convae.inference.reports import heat_overlay, save_png
 from convae.inference.review import Review, write_review
 from convae.inference.run import Run, as_run, dataset_split, split_files
@@ -35,13 +36,19 @@ def anomaly_scores(run: Run, x: np.ndarray, metric: str = "mse") -> tuple[np.nda
     The maps are (N, *spatial): the squared residual averaged over channels, smoothed for images
     (:mod:`convae.inference.scoring`, which the exported scorer runs too). ``knn`` scores a sample by the mean
     distance of its code to the :data:`KNN` nearest codes of the run's training samples; ``mse+knn``
-    the sum of the two, each standardised by its mean and spread on the run's validation samples."""
+    the sum of the two, each standardised by its mean and spread on the run's validation samples.
+    ``max+patch`` adds to the ``max`` score and map the raw-pixel patch distances to the training
+    images (:mod:`convae.inference.patches`), standardised the same way."""
     if metric not in SCORE_METRICS:
         raise ConvaeError(f"metric must be one of {', '.join(SCORE_METRICS)}, not {metric!r}")
     if len(x) == 0:
         raise ConvaeError("the dataset holds no samples")
-    scorer = run.scorer("mse" if "knn" in metric else metric)
+    if metric == "max+patch" and (x.ndim != 4 or min(x.shape[2:]) < PATCH):
+        raise ConvaeError(f"max+patch scores images of at least {PATCH}x{PATCH} pixels, not samples of {x.shape[1:]}")
+    scorer = run.scorer({"max+patch": "max", "knn": "mse", "mse+knn": "mse"}.get(metric, metric))
     scores, maps = score_batches(scorer, torch.as_tensor(x), batch_for(x.shape[1:]), run.device)
+    if metric == "max+patch":
+        return with_patches(run, x, scores.numpy(), maps.numpy())
     if "knn" not in metric:
         return scores.numpy(), maps.numpy()
     distances = code_distances(run.encode(x).reshape(len(x), -1), training_codes(run))
@@ -72,6 +79,37 @@ def validation_stats(run: Run) -> list[tuple[float, float]]:
         parts = (anomaly_scores(run, x_val, m)[0] for m in ("mse", "knn"))
         run.memo["validation_stats"] = [(float(s.mean()), float(s.std()) or 1.0) for s in parts]
     return run.memo["validation_stats"]
+
+
+def with_patches(run: Run, x: np.ndarray, scores: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ``max`` scores and maps of ``x`` plus its patch distances' peaks and maps, each in units of
+    its spread on the validation split: what resembles a synthetic anomaly and what differs from the
+    training images, together (neither alone measured as well on real photographs)."""
+    distances = patch_maps(x, training_patches(run))
+    (s_mean, s_std), (d_mean, d_std), (m_mean, m_std), (p_mean, p_std) = patch_stats(run)
+    peaks = distances.reshape(len(x), -1).max(1)
+    fused = (scores - s_mean) / s_std + (peaks - d_mean) / d_std
+    return fused, ((maps - m_mean) / m_std + (distances - p_mean) / p_std).astype(np.float32)
+
+
+def training_patches(run: Run) -> torch.Tensor:
+    """The patch memory of the run's training images (:func:`~convae.inference.patches.patch_memory`), once per run."""
+    if "training_patches" not in run.memo:
+        x, _, _ = dataset_split(run, None, "train")
+        run.memo["training_patches"] = patch_memory(x)
+    return run.memo["training_patches"]
+
+
+def patch_stats(run: Run) -> list[tuple[float, float]]:
+    """(mean, standard deviation) on the validation split of: the ``max`` scores, the patch distances'
+    peaks, the ``max`` maps' pixels, the patch distances' pixels; computed once per run."""
+    if "patch_stats" not in run.memo:
+        x_val, _, _ = dataset_split(run, None, "val")
+        scores, maps = anomaly_scores(run, x_val, "max")
+        distances = patch_maps(x_val, training_patches(run))
+        parts = (scores, distances.reshape(len(x_val), -1).max(1), maps, distances)
+        run.memo["patch_stats"] = [(float(p.mean()), float(p.std()) or 1.0) for p in parts]
+    return run.memo["patch_stats"]
 
 
 def code_distances(codes: np.ndarray, reference: np.ndarray, k: int = KNN) -> np.ndarray:

@@ -247,8 +247,9 @@ def export_run(
             raise ConvaeError(WINDOWS_NOT_EXPORTED)  # before the threshold is set, which takes a while
         if metric is None:  # the codes' scores are not in a graph: a one-class run exports its mse
             metric = default_metric(run.own_data(), run).replace("mse+knn", "mse")
-        if "knn" in metric:
-            raise ConvaeError(f"the {metric} score compares codes with the training set's; it is not exported")
+        if "knn" in metric or "patch" in metric:
+            compared = "patches" if "patch" in metric else "codes"
+            raise ConvaeError(f"the {metric} score compares {compared} with the training set's; it is not exported")
         scorer = run.scorer(metric)
         threshold, key, record = threshold_for(run, metric, fpr, sigmas=sigmas)
         rule = {"sigmas": sigmas} if sigmas is not None else {"fpr": fpr}

@@ -100,3 +100,19 @@ def test_a_big_endian_16_bit_tiff_reads_the_same_for_training_and_for_the_run(tm
     np.testing.assert_array_equal(read_images(run, [str(folder / "03.tif")])[0], expected)  # what the run reads
     assert main(["reconstruct", str(out), str(folder / "03.tif"), "--out", str(tmp_path / "recon")]) == 0
     assert len(list((tmp_path / "recon").glob("*.png"))) == 1
+
+
+def test_a_split_read_at_most_n_samples_is_every_kth_of_it(run_dir):
+    import numpy as np
+
+    import convae
+    from convae.inference.run import dataset_split
+
+    run = convae.load(run_dir)
+    for split in ("train", "test", "all"):
+        x, y, _ = dataset_split(run, None, split)
+        few, few_y, _ = dataset_split(run, None, split, at_most=7)
+        step = -(-len(x) // 7)
+        assert len(few) <= 7 and np.array_equal(few, x[::step])
+        assert few_y is None if y is None else np.array_equal(few_y, y[::step])
+        assert np.array_equal(dataset_split(run, None, split, at_most=len(x))[0], x)

@@ -66,8 +66,7 @@ REFERENCE_CODES = 20_000  # training samples whose codes a knn score compares wi
 def training_codes(run: Run) -> np.ndarray:
     """The codes of (at most :data:`REFERENCE_CODES` of) the run's training samples, computed once per run."""
     if "training_codes" not in run.memo:
-        x, _, _ = dataset_split(run, None, "train")
-        x = x[:: max(1, -(-len(x) // REFERENCE_CODES))]
+        x, _, _ = dataset_split(run, None, "train", at_most=REFERENCE_CODES)
         run.memo["training_codes"] = run.encode(x).reshape(len(x), -1)
     return run.memo["training_codes"]
 
@@ -92,10 +91,14 @@ def with_patches(run: Run, x: np.ndarray, scores: np.ndarray, maps: np.ndarray) 
     return fused, ((maps - m_mean) / m_std + (distances - p_mean) / p_std).astype(np.float32)
 
 
+PATCH_IMAGES = 2_000  # training images a patch memory is drawn from, at most (evenly spread)
+
+
 def training_patches(run: Run) -> torch.Tensor:
-    """The patch memory of the run's training images (:func:`~convae.inference.patches.patch_memory`), once per run."""
+    """The patch memory of (at most :data:`PATCH_IMAGES` of) the run's training images
+    (:func:`~convae.inference.patches.patch_memory`), computed once per run."""
     if "training_patches" not in run.memo:
-        x, _, _ = dataset_split(run, None, "train")
+        x, _, _ = dataset_split(run, None, "train", at_most=PATCH_IMAGES)
         run.memo["training_patches"] = patch_memory(x)
     return run.memo["training_patches"]
 

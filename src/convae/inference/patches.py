@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 PATCH = 9  # pixels per side of a patch
 BANK = 20_000  # patches in the memory, at most
-STRIDE = 2  # pixels between the patches a map is computed at, before upsampling
+STRIDE = 2  # pixels between the patches a map is computed at, before upsampling (4: 4.5x faster, worse)
 
 
 def patch_memory(x: np.ndarray, bank: int = BANK, patch: int = PATCH, seed: int = 0) -> torch.Tensor:

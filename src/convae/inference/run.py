@@ -157,7 +157,7 @@ def take(y: np.ndarray | None, idx: np.ndarray) -> np.ndarray | None:
 
 
 def dataset_split(
-    run: Run, data: str | None, split: str, dataset: Dataset | None = None
+    run: Run, data: str | None, split: str, dataset: Dataset | None = None, at_most: int | None = None
 ) -> tuple[np.ndarray, np.ndarray | None, Dataset]:
     """Samples and labels of a split of the run's data (or of ``data``): ``test``, ``val``, ``train``, ``all``.
 
@@ -165,7 +165,8 @@ def dataset_split(
     (``test_fraction``; a run that held none out, its validation split), so that
     nothing is measured on samples the model trained on; of another dataset than
     the run's, all of it. ``all`` is the whole training file. ``dataset``, when
-    given, is ``data`` (or the run's data) already loaded.
+    given, is ``data`` (or the run's data) already loaded. With ``at_most``, only
+    that many samples are read, evenly spread over the split (every k-th).
     """
     if dataset is None:
         dataset = run.own_data() if data in (None, run.config.data) else datasets.load_for(run.config, data)
@@ -176,11 +177,13 @@ def dataset_split(
             f"the run's model takes {channels}"
         )
     part, idx = _locate(run, data, split, dataset)
-    if part == "test":
-        return datasets.floats(dataset.x_test), dataset.y_test, dataset
+    x, y = (dataset.x_test, dataset.y_test) if part == "test" else (dataset.x_train, dataset.y_train)
+    if at_most is not None and len(x if idx is None else idx) > at_most:
+        idx = np.arange(len(x)) if idx is None else idx
+        idx = idx[:: -(-len(idx) // at_most)]
     if idx is None:
-        return datasets.floats(dataset.x_train), dataset.y_train, dataset
-    return datasets.floats(dataset.x_train[idx]), take(dataset.y_train, idx), dataset
+        return datasets.floats(x), y, dataset
+    return datasets.floats(x[idx]), take(y, idx), dataset
 
 
 def split_files(run: Run, data: str | None, split: str, dataset: Dataset) -> list[str] | None:

@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 
 from convae.cli import main
@@ -140,6 +141,9 @@ def test_a_run_trained_on_patches_scores_whole_images_by_sliding_windows(tmp_pat
     assert x.shape[2:] == (40, 40) and run.reconstruct(x[:2]).shape == x[:2].shape
     scores, maps = anomaly.anomaly_scores(run, x, "max")
     assert maps.shape == (len(x), 40, 40) and scores.shape == (len(x),)
+    # the patch distances of max+patch are taken on the whole images too, beside the windows' residual
+    fused, fused_maps = anomaly.anomaly_scores(run, x, "max+patch")
+    assert fused_maps.shape == maps.shape and fused.shape == scores.shape and not np.allclose(fused, scores)
     capsys.readouterr()
     assert main(["score", str(out), "--json"]) == 0
     assert 0 <= json.loads(capsys.readouterr().out)["pixel_auroc"] <= 1

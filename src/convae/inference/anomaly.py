@@ -85,10 +85,17 @@ def with_patches(run: Run, x: np.ndarray, scores: np.ndarray, maps: np.ndarray) 
     its spread on the validation split: what resembles a synthetic anomaly and what differs from the
     training images, together (neither alone measured as well on real photographs)."""
     distances = patch_maps(x, training_patches(run))
-    (s_mean, s_std), (d_mean, d_std), (m_mean, m_std), (p_mean, p_std) = patch_stats(run)
-    peaks = distances.reshape(len(x), -1).max(1)
-    fused = (scores - s_mean) / s_std + (peaks - d_mean) / d_std
-    return fused, ((maps - m_mean) / m_std + (distances - p_mean) / p_std).astype(np.float32)
+    stats = patch_stats(run)
+    (m_mean, m_std), (p_mean, p_std) = stats[2:]
+    fused_maps = (maps - m_mean) / m_std + (distances - p_mean) / p_std
+    return fused_scores(scores, distances.reshape(len(x), -1).max(1), stats), fused_maps.astype(np.float32)
+
+
+def fused_scores(scores: np.ndarray, peaks: np.ndarray, stats: list[tuple[float, float]]) -> np.ndarray:
+    """``max+patch``'s image scores: the ``max`` scores plus the patch distances' peaks, each
+    standardised by its (mean, standard deviation) on the validation split (``stats``: :func:`patch_stats`)."""
+    (s_mean, s_std), (d_mean, d_std) = stats[:2]
+    return (scores - s_mean) / s_std + (peaks - d_mean) / d_std
 
 
 PATCH_IMAGES = 2_000  # training images a patch memory is drawn from, at most (evenly spread)
@@ -105,13 +112,16 @@ def training_patches(run: Run) -> torch.Tensor:
 
 def patch_stats(run: Run) -> list[tuple[float, float]]:
     """(mean, standard deviation) on the validation split of: the ``max`` scores, the patch distances'
-    peaks, the ``max`` maps' pixels, the patch distances' pixels; computed once per run."""
+    peaks, the ``max`` maps' pixels, the patch distances' pixels; computed once per run, with the
+    validation split's ``max+patch`` scores (the threshold's), so that its images are scored once."""
     if "patch_stats" not in run.memo:
         x_val, _, _ = dataset_split(run, None, "val")
         scores, maps = anomaly_scores(run, x_val, "max")
         distances = patch_maps(x_val, training_patches(run))
-        parts = (scores, distances.reshape(len(x_val), -1).max(1), maps, distances)
-        run.memo["patch_stats"] = [(float(p.mean()), float(p.std()) or 1.0) for p in parts]
+        peaks = distances.reshape(len(x_val), -1).max(1)
+        stats = [(float(p.mean()), float(p.std()) or 1.0) for p in (scores, peaks, maps, distances)]
+        run.memo["patch_stats"] = stats
+        run.memo["validation_patch_scores"] = fused_scores(scores, peaks, stats)
     return run.memo["patch_stats"]
 
 
@@ -161,6 +171,9 @@ def validation_scores(run: Run, metric: str, exclude_class: int | None = None) -
     """The scores of the run's validation samples (normal data; those of ``exclude_class`` left out),
     computed once per run and metric: thresholds are set on them, and the review page reads them."""
     key = ("validation_scores", metric, exclude_class)
+    if metric == "max+patch" and exclude_class is None:  # scored beside its statistics, in one pass
+        patch_stats(run)
+        return run.memo["validation_patch_scores"]
     if key not in run.memo:
         x_val, y_val, _ = dataset_split(run, None, "val")
         if exclude_class is not None and y_val is not None:

@@ -61,6 +61,21 @@ def test_normalizer_round_trips_through_dict():
     assert norm.output_activation == "identity" and Normalizer("unit").output_activation == "sigmoid"
 
 
+@pytest.mark.parametrize("mode", ["unit", "standardize", "zca"])
+def test_a_refit_normalizer_uses_its_new_statistics_in_every_dtype(mode):
+    # The state is kept per device and dtype once placed, so a refit must drop what was placed.
+    x = _data()
+    norm = Normalizer(mode).fit(x)
+    for dtype in (torch.float32, torch.float64):
+        norm.transform(torch.as_tensor(x, dtype=dtype))
+    shifted = x * 2 + 3
+    norm.fit(shifted)
+    for dtype in (torch.float32, torch.float64):
+        expected = Normalizer(mode).fit(shifted).transform(torch.as_tensor(shifted, dtype=dtype))
+        assert torch.equal(norm.transform(torch.as_tensor(shifted, dtype=dtype)), expected)
+        assert norm.transform(torch.as_tensor(shifted, dtype=dtype)).dtype == dtype
+
+
 def test_noise_kinds():
     x = torch.full((200, 1, 10, 10), 0.5)
     g = torch.Generator().manual_seed(0)

@@ -246,9 +246,11 @@ class Trainer:
         config, epoch = self.config, self.state.epoch
         seed, local = epoch_seeds(config.seed, epoch, self.dist.rank)
         torch.manual_seed(local)  # dropout and anything else drawing from the global RNG
-        shuffle = torch.Generator(device=self.data_device).manual_seed(seed)
         generator = torch.Generator(device=self.device).manual_seed(local)  # noise, augmentation, views
-        order = self.train_idx[torch.randperm(len(self.train_idx), generator=shuffle, device=self.data_device)]
+        # Drawn on the CPU wherever the data lives: a CUDA generator gives another permutation, which
+        # made a run with its data on the GPU train on another order than the same run streamed.
+        permutation = torch.randperm(len(self.train_idx), generator=torch.Generator().manual_seed(seed))
+        order = self.train_idx[permutation.to(self.data_device)]
         self.model.train()
         running = torch.zeros((), device=self.device)
         running_term = torch.zeros((), device=self.device)

@@ -88,16 +88,20 @@ def main() -> int:
         "seconds_per_large_image": float(f"{per_large:.3g}"),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
-    if args.patches:
-        from convae.inference.patches import BANK, patch_maps, patch_memory
+    if args.patches:  # max+patch's distances, at every scale it uses (convae.inference.patches.SCALES)
+        from convae.inference.patches import BANK, patch_maps, patch_memory, scales_for
 
-        memory = patch_memory(torch.rand(BANK // 100, args.channels, args.size, args.size).numpy())
+        normal = torch.rand(BANK // 100, args.channels, args.size, args.size).numpy()
+        memories = {s: patch_memory(normal, scale=s) for s in scales_for(args.size)}
         started = time.perf_counter()
-        patch_maps(small.cpu().numpy(), memory)
+        for s, memory in memories.items():
+            patch_maps(small.cpu().numpy(), memory, scale=s)
         row["patch_images_per_s"] = float(f"{args.batch / (time.perf_counter() - started):.4g}")
         started = time.perf_counter()
-        patch_maps(large.cpu().numpy(), memory)
+        for s, memory in memories.items():
+            patch_maps(large.cpu().numpy(), memory, scale=s)
         row["patch_seconds_per_large_image"] = float(f"{time.perf_counter() - started:.3g}")
+        row["patch_scales"] = list(memories)
     print(json.dumps(row))
     return 0
 

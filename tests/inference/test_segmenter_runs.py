@@ -102,7 +102,7 @@ def test_segmenter_exports_and_settings_that_cannot_apply_are_one_line_refusals(
 def test_max_plus_patch_adds_the_patch_distances_in_units_of_their_spread_on_normal_images(draem_run, capsys):
     import convae
     from convae.inference.anomaly import anomaly_scores
-    from convae.inference.patches import patch_maps, patch_memory
+    from convae.inference.patches import patch_maps, patch_memory, scales_for
     from convae.inference.run import dataset_split
 
     capsys.readouterr()
@@ -115,13 +115,19 @@ def test_max_plus_patch_adds_the_patch_distances_in_units_of_their_spread_on_nor
     # each term is a z-score on the validation images: their sum has mean 0 there, pixels as images
     assert abs(fused_val.mean()) < 1e-5 and abs(maps_val.mean()) < 1e-3
     x, _, _ = dataset_split(run, None, "test")
-    peaks, _ = anomaly_scores(run, x, "max")
-    distances = patch_maps(x, patch_memory(dataset_split(run, None, "train")[0]))
-    val_peaks, _ = anomaly_scores(run, x_val, "max")
-    val_dist = patch_maps(x_val, patch_memory(dataset_split(run, None, "train")[0])).reshape(len(x_val), -1).max(1)
-    expected = (peaks - val_peaks.mean()) / val_peaks.std() + (
-        distances.reshape(len(x), -1).max(1) - val_dist.mean()
-    ) / val_dist.std()
+    train = dataset_split(run, None, "train")[0]
+    scales = scales_for(min(train.shape[2:]))
+    assert scales == (1, 2)  # the run's images are large enough for both
+
+    def z(values, reference):
+        return (values - reference.mean()) / reference.std()
+
+    def peaks(images, scale):
+        return patch_maps(images, patch_memory(train, scale=scale), scale=scale).reshape(len(images), -1).max(1)
+
+    expected = z(anomaly_scores(run, x, "max")[0], anomaly_scores(run, x_val, "max")[0])
+    for scale in scales:
+        expected += z(peaks(x, scale), peaks(x_val, scale))
     fused, _ = anomaly_scores(run, x, "max+patch")
     assert np.allclose(fused, expected, atol=1e-5)
 
@@ -138,3 +144,6 @@ def test_max_plus_patch_is_not_exported_and_needs_images(draem_run, tmp_path):
     assert not out.exists()
     with pytest.raises(ConvaeError, match="at least 9x9 pixels"):
         anomaly_scores(convae.load(draem_run), np.zeros((2, 3, 8, 8), np.float32), "max+patch")
+    # the run's memory holds half-resolution patches too, which need twice the size
+    with pytest.raises(ConvaeError, match="at least 18x18 pixels"):
+        anomaly_scores(convae.load(draem_run), np.zeros((2, 1, 12, 12), np.float32), "max+patch")

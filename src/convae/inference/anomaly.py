@@ -22,7 +22,7 @@ from convae.checkpoint import all_or_nothing, atomic_write, make_folder, write_j
 from convae.config import SCORE_METRICS
 from convae.data import Dataset
 from convae.errors import ConvaeError
-from convae.inference.patches import PATCH, patch_maps, patch_memory
+from convae.inference.patches import PATCH, patch_maps, patch_memory, scales_for
 from convae.inference.reports import heat_overlay, save_png
 from convae.inference.review import Review, write_review
 from convae.inference.run import Run, as_run, dataset_split, split_files
@@ -81,45 +81,61 @@ def validation_stats(run: Run) -> list[tuple[float, float]]:
 
 
 def with_patches(run: Run, x: np.ndarray, scores: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The ``max`` scores and maps of ``x`` plus its patch distances' peaks and maps, each in units of
-    its spread on the validation split: what resembles a synthetic anomaly and what differs from the
-    training images, together (neither alone measured as well on real photographs)."""
-    distances = patch_maps(x, training_patches(run))
+    """The ``max`` scores and maps of ``x`` plus its patch distances' peaks and maps at each scale, each
+    in units of its spread on the validation split: what resembles a synthetic anomaly and what
+    differs from the training images, together (neither alone measured as well on real photographs)."""
+    memories = training_patches(run)
+    need = PATCH * max(memories)
+    if min(x.shape[2:]) < need:
+        raise ConvaeError(
+            f"max+patch on this run scores images of at least {need}x{need} pixels, not samples of {x.shape[1:]}"
+        )
     stats = patch_stats(run)
-    (m_mean, m_std), (p_mean, p_std) = stats[2:]
-    fused_maps = (maps - m_mean) / m_std + (distances - p_mean) / p_std
-    return fused_scores(scores, distances.reshape(len(x), -1).max(1), stats), fused_maps.astype(np.float32)
+    distances = [patch_maps(x, memory, scale=scale) for scale, memory in memories.items()]
+    (m_mean, m_std) = stats[1]
+    fused_maps = (maps - m_mean) / m_std
+    for d, (d_mean, d_std) in zip(distances, stats[3::2]):
+        fused_maps = fused_maps + (d - d_mean) / d_std
+    peaks = [d.reshape(len(x), -1).max(1) for d in distances]
+    return fused_scores(scores, peaks, stats), fused_maps.astype(np.float32)
 
 
-def fused_scores(scores: np.ndarray, peaks: np.ndarray, stats: list[tuple[float, float]]) -> np.ndarray:
-    """``max+patch``'s image scores: the ``max`` scores plus the patch distances' peaks, each
-    standardised by its (mean, standard deviation) on the validation split (``stats``: :func:`patch_stats`)."""
-    (s_mean, s_std), (d_mean, d_std) = stats[:2]
-    return (scores - s_mean) / s_std + (peaks - d_mean) / d_std
+def fused_scores(scores: np.ndarray, peaks: list[np.ndarray], stats: list[tuple[float, float]]) -> np.ndarray:
+    """``max+patch``'s image scores: the ``max`` scores plus the patch distances' peaks at each scale,
+    each standardised by its (mean, standard deviation) on the validation split (``stats``:
+    :func:`patch_stats`)."""
+    s_mean, s_std = stats[0]
+    fused = (scores - s_mean) / s_std
+    for p, (p_mean, p_std) in zip(peaks, stats[2::2]):
+        fused = fused + (p - p_mean) / p_std
+    return fused
 
 
 PATCH_IMAGES = 2_000  # training images a patch memory is drawn from, at most (evenly spread)
 
 
-def training_patches(run: Run) -> torch.Tensor:
-    """The patch memory of (at most :data:`PATCH_IMAGES` of) the run's training images
-    (:func:`~convae.inference.patches.patch_memory`), computed once per run."""
+def training_patches(run: Run) -> dict[int, torch.Tensor]:
+    """The patch memories, by scale, of (at most :data:`PATCH_IMAGES` of) the run's training images
+    (:func:`~convae.inference.patches.patch_memory`) at the scales their size allows; computed once per run."""
     if "training_patches" not in run.memo:
         x, _, _ = dataset_split(run, None, "train", at_most=PATCH_IMAGES)
-        run.memo["training_patches"] = patch_memory(x)
+        run.memo["training_patches"] = {s: patch_memory(x, scale=s) for s in scales_for(min(x.shape[2:]))}
     return run.memo["training_patches"]
 
 
 def patch_stats(run: Run) -> list[tuple[float, float]]:
-    """(mean, standard deviation) on the validation split of: the ``max`` scores, the patch distances'
-    peaks, the ``max`` maps' pixels, the patch distances' pixels; computed once per run, with the
+    """(mean, standard deviation) on the validation split of: the ``max`` scores, the ``max`` maps'
+    pixels, then for each scale the patch distances' peaks and pixels; computed once per run, with the
     validation split's ``max+patch`` scores (the threshold's), so that its images are scored once."""
     if "patch_stats" not in run.memo:
         x_val, _, _ = dataset_split(run, None, "val")
         scores, maps = anomaly_scores(run, x_val, "max")
-        distances = patch_maps(x_val, training_patches(run))
-        peaks = distances.reshape(len(x_val), -1).max(1)
-        stats = [(float(p.mean()), float(p.std()) or 1.0) for p in (scores, peaks, maps, distances)]
+        stats = [(float(a.mean()), float(a.std()) or 1.0) for a in (scores, maps)]
+        peaks = []
+        for scale, memory in training_patches(run).items():
+            distances = patch_maps(x_val, memory, scale=scale)
+            peaks.append(distances.reshape(len(x_val), -1).max(1))
+            stats += [(float(a.mean()), float(a.std()) or 1.0) for a in (peaks[-1], distances)]
         run.memo["patch_stats"] = stats
         run.memo["validation_patch_scores"] = fused_scores(scores, peaks, stats)
     return run.memo["patch_stats"]

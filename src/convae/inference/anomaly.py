@@ -55,8 +55,17 @@ def anomaly_scores(run: Run, x: np.ndarray, metric: str = "mse") -> tuple[np.nda
     if metric == "knn":
         return distances, maps.numpy()
     # Each score in units of its spread on normal data (the validation split), so that neither dominates.
-    (mse_mean, mse_std), (knn_mean, knn_std) = validation_stats(run)
-    return (scores.numpy() - mse_mean) / mse_std + (distances - knn_mean) / knn_std, maps.numpy()
+    return standardised_sum([scores.numpy(), distances], validation_stats(run)), maps.numpy()
+
+
+def spread(values: np.ndarray) -> tuple[float, float]:
+    """(mean, standard deviation) of ``values``; a deviation of 0 counts as 1."""
+    return float(values.mean()), float(values.std()) or 1.0
+
+
+def standardised_sum(terms: list[np.ndarray], spreads: list[tuple[float, float]]) -> np.ndarray:
+    """The sum of ``terms``, each in units of its :func:`spread` on normal data (``spreads``, in order)."""
+    return sum((term - mean) / std for term, (mean, std) in zip(terms, spreads, strict=True))
 
 
 KNN = 5  # neighbours of a code-distance score
@@ -76,7 +85,7 @@ def validation_stats(run: Run) -> list[tuple[float, float]]:
     if "validation_stats" not in run.memo:
         x_val, _, _ = dataset_split(run, None, "val")
         parts = (anomaly_scores(run, x_val, m)[0] for m in ("mse", "knn"))
-        run.memo["validation_stats"] = [(float(s.mean()), float(s.std()) or 1.0) for s in parts]
+        run.memo["validation_stats"] = [spread(s) for s in parts]
     return run.memo["validation_stats"]
 
 
@@ -84,31 +93,23 @@ def with_patches(run: Run, x: np.ndarray, scores: np.ndarray, maps: np.ndarray) 
     """The ``max`` scores and maps of ``x`` plus its patch distances' peaks and maps at each scale, each
     in units of its spread on the validation split: what resembles a synthetic anomaly and what
     differs from the training images, together (neither alone measured as well on real photographs)."""
-    memories = training_patches(run)
-    need = PATCH * max(memories)
+    need = PATCH * max(training_patches(run))
     if min(x.shape[2:]) < need:
         raise ConvaeError(
             f"max+patch on this run scores images of at least {need}x{need} pixels, not samples of {x.shape[1:]}"
         )
     stats = patch_stats(run)
-    distances = [patch_maps(x, memory, scale=scale) for scale, memory in memories.items()]
-    (m_mean, m_std) = stats[1]
-    fused_maps = (maps - m_mean) / m_std
-    for d, (d_mean, d_std) in zip(distances, stats[3::2]):
-        fused_maps = fused_maps + (d - d_mean) / d_std
-    peaks = [d.reshape(len(x), -1).max(1) for d in distances]
-    return fused_scores(scores, peaks, stats), fused_maps.astype(np.float32)
+    image, pixel = patch_terms(run, x, scores, maps)
+    return standardised_sum(image, stats["image"]), standardised_sum(pixel, stats["pixel"]).astype(np.float32)
 
 
-def fused_scores(scores: np.ndarray, peaks: list[np.ndarray], stats: list[tuple[float, float]]) -> np.ndarray:
-    """``max+patch``'s image scores: the ``max`` scores plus the patch distances' peaks at each scale,
-    each standardised by its (mean, standard deviation) on the validation split (``stats``:
-    :func:`patch_stats`)."""
-    s_mean, s_std = stats[0]
-    fused = (scores - s_mean) / s_std
-    for p, (p_mean, p_std) in zip(peaks, stats[2::2]):
-        fused = fused + (p - p_mean) / p_std
-    return fused
+def patch_terms(
+    run: Run, x: np.ndarray, scores: np.ndarray, maps: np.ndarray
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """``max+patch``'s terms for ``x``: per image, the ``max`` scores and the patch distances' peak at
+    each scale; per pixel, the ``max`` maps and the patch distances at each scale."""
+    distances = [patch_maps(x, memory, scale=scale) for scale, memory in training_patches(run).items()]
+    return [scores, *(d.reshape(len(x), -1).max(1) for d in distances)], [maps, *distances]
 
 
 PATCH_IMAGES = 2_000  # training images a patch memory is drawn from, at most (evenly spread)
@@ -123,21 +124,16 @@ def training_patches(run: Run) -> dict[int, torch.Tensor]:
     return run.memo["training_patches"]
 
 
-def patch_stats(run: Run) -> list[tuple[float, float]]:
-    """(mean, standard deviation) on the validation split of: the ``max`` scores, the ``max`` maps'
-    pixels, then for each scale the patch distances' peaks and pixels; computed once per run, with the
-    validation split's ``max+patch`` scores (the threshold's), so that its images are scored once."""
+def patch_stats(run: Run) -> dict[str, list[tuple[float, float]]]:
+    """The :func:`spread` on the validation split of each of :func:`patch_terms`' image terms
+    (``image``) and pixel terms (``pixel``); computed once per run, with the validation split's
+    ``max+patch`` scores (the threshold's), so that its images are scored once."""
     if "patch_stats" not in run.memo:
         x_val, _, _ = dataset_split(run, None, "val")
-        scores, maps = anomaly_scores(run, x_val, "max")
-        stats = [(float(a.mean()), float(a.std()) or 1.0) for a in (scores, maps)]
-        peaks = []
-        for scale, memory in training_patches(run).items():
-            distances = patch_maps(x_val, memory, scale=scale)
-            peaks.append(distances.reshape(len(x_val), -1).max(1))
-            stats += [(float(a.mean()), float(a.std()) or 1.0) for a in (peaks[-1], distances)]
+        image, pixel = patch_terms(run, x_val, *anomaly_scores(run, x_val, "max"))
+        stats = {"image": [spread(t) for t in image], "pixel": [spread(t) for t in pixel]}
         run.memo["patch_stats"] = stats
-        run.memo["validation_patch_scores"] = fused_scores(scores, peaks, stats)
+        run.memo["validation_patch_scores"] = standardised_sum(image, stats["image"])
     return run.memo["patch_stats"]
 
 

@@ -164,7 +164,9 @@ class ObjectiveSettings:
         metavar="ARCH",
     )
     anomaly_sources: str = setting(
-        "shuffle+patch+texture+colour", "what fills the synthetic anomalies, joined by + (with --segmenter)"
+        "shuffle+patch+texture+colour",
+        "what fills the synthetic anomalies, some of shuffle, patch, texture, colour, tone, rescaled joined by + "
+        "(with --segmenter)",
     )
     anomaly_fraction: float = setting(0.5, "share of training images given a synthetic anomaly", bounds="(0, 1]")
 

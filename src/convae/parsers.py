@@ -8,8 +8,9 @@ grammars of a batch's corruption, each parsed once into a frozen value:
                     :class:`Noise`, applied by :func:`convae.data.preprocess.corrupt`
 ``--augment``       ``flip``, ``shift:N``, ``flip+shift:N`` (or ``none``): :class:`Augment`,
                     applied by :func:`convae.data.preprocess.augment`
-``--anomaly-        ``shuffle+patch+texture+colour`` or any of them: what fills the
-sources``           synthetic anomalies (:mod:`convae.data.anomalies`)
+``--anomaly-        some of ``shuffle``, ``patch``, ``texture``, ``colour``, ``tone``,
+sources``           ``rescaled`` joined by ``+``: what fills the synthetic anomalies
+                    (:mod:`convae.data.anomalies`)
 ==================  ==================================================================
 """
 
@@ -23,7 +24,7 @@ from convae.errors import ConvaeError
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")  # torch.compile's modes
 NOISE_KINDS = ("gaussian", "masking", "saltpepper")
-ANOMALY_SOURCES = ("shuffle", "patch", "texture", "colour")  # convae.data.anomalies.SOURCES
+ANOMALY_SOURCES = ("shuffle", "patch", "texture", "colour", "tone", "rescaled")  # convae.data.anomalies.SOURCES
 
 
 def parse_bool(text: str) -> bool:

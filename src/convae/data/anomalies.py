@@ -7,10 +7,17 @@ mask, DRAEM's ``rand_perlin_2d`` at a random scale) filled from one source:
 ============  ===============================================================
 ``shuffle``   the image's own 8x8 grid cells, shuffled (TransFusion's source)
 ``patch``     another image of the batch, shifted (NSA's and CutPaste's
-              source); the fill's edge feathered over two pixels
+              source)
 ``texture``   procedural Perlin noise of two random colours
 ``colour``    one random colour (DRAEM's "no external data" variant)
+``tone``      the image itself, its contrast and brightness changed (a stain, a
+              discolouration: the texture stays; DRAEM's augmenters on the image)
+``rescaled``  the image itself zoomed by 0.5-2 and turned by any angle: the same
+              material at another grain and orientation (DRAEM's affine augmenter,
+              widened)
 ============  ===============================================================
+
+``patch``, ``tone`` and ``rescaled`` fills have their edge feathered over two pixels.
 
 blended with a random opacity (DRAEM's ``beta``): ``x (1 - a m) + fill a m``.
 The mask the segmenter learns is the whole region, whatever the opacity.
@@ -32,6 +39,7 @@ from convae.parsers import ANOMALY_SOURCES
 
 SOURCES = ANOMALY_SOURCES  # the grammar is convae.parsers'
 GRID = 8  # cells per side for ``shuffle``
+FEATHERED = ("patch", "tone", "rescaled")  # fills of the image's own material, which a hard edge would give away
 
 
 def perlin(size: Sequence[int], res: Sequence[int], generator: torch.Generator | None, device=None) -> Tensor:
@@ -115,6 +123,34 @@ def textures(x: Tensor, low: float, high: float, generator: torch.Generator | No
     return out
 
 
+def toned(x: Tensor, low: float, high: float, generator: torch.Generator | None) -> Tensor:
+    """Each image with its contrast scaled by 0.5-1.5 about its mean and its brightness shifted by
+    15-40 % of the range, up or down."""
+    n, device = len(x), x.device
+    mean = x.mean(dim=tuple(range(2, x.ndim)), keepdim=True)
+    contrast = 0.5 + torch.rand(n, 1, 1, 1, generator=generator, device=device)
+    sign = torch.where(torch.rand(n, 1, 1, 1, generator=generator, device=device) < 0.5, -1.0, 1.0)
+    shift = sign * (0.15 + 0.25 * torch.rand(n, 1, 1, 1, generator=generator, device=device)) * (high - low)
+    return (mean + (x - mean) * contrast + shift).clamp(low, high)
+
+
+def rescaled(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Each image resampled zoomed by 0.5-2 (log-uniform), turned by any angle and shifted, the edges
+    reflected: the same material at another grain and orientation."""
+    n, device = len(x), x.device
+    h, w = x.shape[2:]
+    zoom = torch.exp((2 * torch.rand(n, generator=generator, device=device) - 1) * math.log(2))
+    angle = 2 * math.pi * torch.rand(n, generator=generator, device=device)
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    shift = 2 * torch.rand(n, 2, generator=generator, device=device) - 1
+    # a rotation in pixels, written in affine_grid's coordinates (each axis scaled to [-1, 1])
+    theta = torch.stack(
+        (torch.stack((cos, -sin * h / w, shift[:, 0]), 1), torch.stack((sin * w / h, cos, shift[:, 1]), 1)), 1
+    )
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
 def colours(x: Tensor, low: float, high: float, generator: torch.Generator | None) -> Tensor:
     n, c = x.shape[:2]
     return (low + (high - low) * torch.rand(n, c, 1, 1, generator=generator, device=x.device)).expand_as(x)
@@ -151,11 +187,16 @@ class Anomalies:
                 fill[rows] = shuffled_cells(part, generator)
             elif source == "patch":
                 fill[rows] = shifted_others(x, generator)[rows]
-                # a feathered edge: a pasted patch blends into its surroundings instead of cutting in
-                soft = F.avg_pool2d(masks[rows], 5, stride=1, padding=2, count_include_pad=False)
-                blend[rows] = soft * alpha[rows]
             elif source == "texture":
                 fill[rows] = textures(part, low, high, generator)
+            elif source == "tone":
+                fill[rows] = toned(part, low, high, generator)
+            elif source == "rescaled":
+                fill[rows] = rescaled(part, generator)
             else:
                 fill[rows] = colours(part, low, high, generator)
+            if source in FEATHERED:
+                # the fill blends into its surroundings instead of cutting in
+                soft = F.avg_pool2d(masks[rows], 5, stride=1, padding=2, count_include_pad=False)
+                blend[rows] = soft * alpha[rows]
         return x * (1 - blend) + fill * blend, masks

@@ -164,9 +164,11 @@ def test_contrastive_negatives_span_the_processes(tmp_path, total):
     term.backward()
     for rank in range(2):
         got = torch.load(tmp_path / f"rank{rank}.pt")
-        assert torch.allclose(got["term"], term, atol=1e-6)
+        # float32 sums in another order (two shards against one batch) differ in the 5th digit;
+        # a missing negative would move them in the 1st
+        assert torch.allclose(got["term"], term, rtol=1e-4, atol=1e-5)
         for name, param in head.named_parameters():
-            assert torch.allclose(got["grads"][name], param.grad, atol=1e-6), (rank, name)
+            assert torch.allclose(got["grads"][name], param.grad, rtol=1e-4, atol=1e-5), (rank, name)
 
 
 def test_two_processes_streaming_their_own_rows_match_one(tmp_path):

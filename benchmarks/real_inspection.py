@@ -65,6 +65,11 @@ def photograph(name: str) -> np.ndarray:
     return image[..., None] if image.ndim == 2 else image
 
 
+def foreign_source(name: str) -> np.ndarray:
+    """The photograph that ``foreign`` defects of category ``name`` are cut from: the next category's."""
+    return photograph(CATEGORIES[(CATEGORIES.index(name) + 1) % len(CATEGORIES)])
+
+
 def crops(image: np.ndarray, rows: tuple[int, int], n: int, rng: np.random.Generator) -> np.ndarray:
     top = rng.integers(rows[0], rows[1] - SIZE + 1, n)
     left = rng.integers(0, image.shape[1] - SIZE + 1, n)
@@ -159,8 +164,7 @@ def build(root: Path, name: str, n_train: int = 200, n_good: int = 20, per_kind:
     from PIL import Image
 
     rng = np.random.default_rng([seed, CATEGORIES.index(name)])
-    image = photograph(name)
-    other = photograph(CATEGORIES[(CATEGORIES.index(name) + 1) % len(CATEGORIES)])
+    image, other = photograph(name), foreign_source(name)
     base = root / name
 
     def save(folder: str, i: int, a: np.ndarray) -> Path:
@@ -223,6 +227,26 @@ def convae_method(root: Path, arch: str, work: Path, settings: dict | None = Non
     return results
 
 
+KEYS = ("image_auroc", "pixel_auroc", "aupro")
+
+
+def report(category: str, method: str, result: dict, rows: dict[str, list[dict]]) -> None:
+    """Print one (category, method) result as a JSON line and keep it in ``rows`` for :func:`report_means`."""
+    row = {"category": category, "method": method, **{k: round(result[k], 3) for k in KEYS}}
+    row["train_minutes"] = round(result["train_minutes"], 1)
+    row["per_type"] = {t: {k: round(v[k], 3) for k in KEYS} for t, v in result["per_type"].items()}
+    rows.setdefault(method, []).append(row)
+    print(json.dumps(row), flush=True)
+
+
+def report_means(rows: dict[str, list[dict]]) -> None:
+    """Print each method's mean over its categories, and over the held-out kinds alone."""
+    for method, group in rows.items():
+        mean = {k: round(float(np.mean([g[k] for g in group])), 3) for k in (*KEYS, "train_minutes")}
+        held = {k: round(float(np.mean([g["per_type"][t][k] for g in group for t in HELD_OUT])), 3) for k in KEYS}
+        print(json.dumps({"method": method, "mean": mean, "held_out_kinds": held}))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--categories", default=",".join(CATEGORIES), help="comma-separated (default: all)")
@@ -231,7 +255,6 @@ def main() -> int:
     add_set_flag(parser, "training settings beyond each --arch's recipe, e.g. epochs=300 device=cuda")
     args = parser.parse_args()
     settings = parse_set(parser, args.set)
-    keys = ("image_auroc", "pixel_auroc", "aupro")
     rows: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.keep) if args.keep else Path(tmp)
@@ -240,15 +263,8 @@ def main() -> int:
             for method in args.methods.split(","):
                 results = {"knn": knn_method(root)} if method == "knn" else convae_method(root, method, work, settings)
                 for reported, r in results.items():
-                    row = {"category": name, "method": reported, **{k: round(r[k], 3) for k in keys}}
-                    row["train_minutes"] = round(r["train_minutes"], 1)
-                    row["per_type"] = {t: {k: round(v[k], 3) for k in keys} for t, v in r["per_type"].items()}
-                    rows.setdefault(reported, []).append(row)
-                    print(json.dumps(row), flush=True)
-    for method, group in rows.items():
-        mean = {k: round(float(np.mean([g[k] for g in group])), 3) for k in (*keys, "train_minutes")}
-        held = {k: round(float(np.mean([g["per_type"][t][k] for g in group for t in HELD_OUT])), 3) for k in keys}
-        print(json.dumps({"method": method, "mean": mean, "held_out_kinds": held}))
+                    report(name, reported, r, rows)
+    report_means(rows)
     return 0
 
 

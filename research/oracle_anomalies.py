@@ -11,13 +11,12 @@ rows, the test crops of the rows below. Where this oracle stays far from the iss
 generator but what the networks can learn of a texture from 200 crops of one region in the
 training time (the test region's shift included); where it reaches them, the generator is.
 
-Prints one JSON line per (category, method) and a mean line, as the benchmark does.
+Prints one JSON line per (category, method) and the mean lines, as the benchmark does.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -63,23 +62,16 @@ def main() -> int:
     add_set_flag(parser, "training settings beyond the preset's recipe, e.g. epochs=300 device=cuda")
     args = parser.parse_args()
     settings = parse_set(parser, args.set)
-    keys = ("image_auroc", "pixel_auroc", "aupro")
     rows: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.keep) if args.keep else Path(tmp)
         for name in args.categories.split(","):
             root = bench.build(work, name)
-            other = bench.photograph(bench.CATEGORIES[(bench.CATEGORIES.index(name) + 1) % len(bench.CATEGORIES)])
+            other = bench.foreign_source(name)
             trainer.Anomalies = lambda sources, fraction, other=other: BenchmarkDefects(other, fraction)
             for reported, r in bench.convae_method(root, "inspection", work, settings).items():
-                row = {"category": name, "method": f"oracle {reported}", **{k: round(r[k], 3) for k in keys}}
-                row["train_minutes"] = round(r["train_minutes"], 1)
-                row["per_type"] = {t: {k: round(v[k], 3) for k in keys} for t, v in r["per_type"].items()}
-                rows.setdefault(reported, []).append(row)
-                print(json.dumps(row), flush=True)
-    for method, group in rows.items():
-        mean = {k: round(float(np.mean([g[k] for g in group])), 3) for k in (*keys, "train_minutes")}
-        print(json.dumps({"method": f"oracle {method}", "mean": mean}))
+                bench.report(name, f"oracle {reported}", r, rows)
+    bench.report_means(rows)
     return 0
 
 

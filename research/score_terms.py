@@ -33,16 +33,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from patch_variants import measures  # the same split into all, tuned and held-out kinds
 
 from convae.inference.anomaly import anomaly_scores, patch_terms
 from convae.inference.patches import BANK, patch_maps, patch_memory
 from convae.inference.run import Run, dataset_split, load
-from convae.metrics import aupro
 
-HELD_OUT = ("scratch", "crack", "warp")
 ENCODER_BLOCKS = (0, 1, 2)
 
 
@@ -141,25 +140,6 @@ def variants(t: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray
         more_peaks = {s: np.concatenate([t[f"{s}_peaks"], peaks(more[s])[:, -1:]], 1) for s in maps}
         out[f"encoder-{k}"] = fused(more, more_peaks)
     return out
-
-
-def measures(image, pixel, y, masks, kinds) -> dict:
-    def on(keep: np.ndarray) -> dict:
-        return {
-            "image": roc_auc_score(y[keep] != 0, image[keep]),
-            "pixel": roc_auc_score(masks[keep].ravel() > 0, pixel[keep].ravel()),
-            "aupro": aupro(masks[keep], pixel[keep]),
-        }
-
-    good = [k for k, name in enumerate(kinds) if name == "good"]
-    held = [k for k, name in enumerate(kinds) if name in HELD_OUT]
-    tuned = [k for k, name in enumerate(kinds) if name not in HELD_OUT and name != "good"]
-    rows = {
-        "all": on(np.ones(len(y), bool)),
-        "tuned": on(np.isin(y, good + tuned)),
-        "held": on(np.isin(y, good + held)),
-    }
-    return {part: {k: round(float(v), 3) for k, v in r.items()} for part, r in rows.items()}
 
 
 def main() -> None:

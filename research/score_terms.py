@@ -15,6 +15,9 @@ not (gravel's foreign blobs: pixel ROC-AUC 0.969, image 0.615). Variants:
 - ``fused``: the image score is the peak of the summed map, not the sum of the peaks;
 - ``dihedral``: the patch memories drawn from the training crops and their seven rotations and
   mirrors (the test region's texture met in more orientations);
+- ``oracle-calibration``: not a method (it reads the test labels): ``convae``'s terms standardised
+  on the good test crops instead of the validation crops, whose pixels the training crops share;
+  what a better calibration could gain at most;
 - ``encoder-K``: a fourth term, the distance of each position's features after the reconstructive
   autoencoder's encoder block K (3x3-averaged, as PatchCore does) to the nearest of 20,000
   training positions': features learned on this texture, with more context than 9x9 pixels.
@@ -134,6 +137,13 @@ def variants(t: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray
 
     turned = {s: np.concatenate([maps[s][:, :1], t[f"{s}_dihedral"]], 1) for s in maps}
     out["dihedral"] = fused(turned, {s: np.concatenate([seg[s], peaks(turned[s])[:, 1:]], 1) for s in maps})
+
+    # Not a method (it reads the test labels): the terms standardised on the good test crops rather than
+    # on validation crops that share pixels with the training crops; how much the calibration costs.
+    good = t["y"] == list(t["kinds"]).index("good")
+    out["oracle-calibration"] = fused(
+        {"val": maps["test"][good], "test": maps["test"]}, {"val": t["test_peaks"][good], "test": t["test_peaks"]}
+    )
 
     for k in ENCODER_BLOCKS:
         more = {s: np.concatenate([maps[s], t[f"{s}_encoder"][:, k : k + 1]], 1) for s in maps}

@@ -230,6 +230,14 @@ def _cmd_score(args: argparse.Namespace) -> int:
         )
         print(f"threshold ({result['metric']}, {rule}): {result['threshold']:.6g}")
         print(f"flagged: {result['flagged']} of {result['samples']}")
+        for what, path in (
+            ("scores", args.out),
+            ("summary", args.summary),
+            ("maps", args.maps),
+            ("review page", args.report),
+        ):
+            if path:
+                print(f"{what}: {path}")
         if "roc_auc" in result:
             if "anomaly_class" in result:
                 which = f"class {result['anomaly_class']} as anomaly"

@@ -1,3 +1,4 @@
+import html
 import json
 
 import numpy as np
@@ -198,3 +199,31 @@ def test_a_score_that_fails_leaves_the_run_as_it_was(run_dir, tmp_path, capsys):
     assert main(["score", str(run_dir), "--fpr", "0.2"]) == 0  # a score that succeeds records its threshold
     after = _snapshot(run_dir)
     assert set(after) - set(before) <= {"thresholds.json"} and "mse fpr=0.2" in after["thresholds.json"].decode()
+
+
+def test_a_threshold_on_too_few_validation_samples_comes_with_a_warning():
+    assert anomaly.threshold_caveat(20, 0.05) is None and anomaly.threshold_caveat(10, 0.1) is None
+    caveat = anomaly.threshold_caveat(19, 0.05)
+    assert "rests on 19 validation samples" in caveat and "5% false-positive rate needs at least 20" in caveat
+    assert "at least 34" in anomaly.threshold_caveat(1, 0.03) and "1 validation sample;" in anomaly.threshold_caveat(
+        1, 0.03
+    )
+    assert anomaly.threshold_caveat(2, 0.05, sigmas=3) is None
+    assert "a spread needs at least 2" in anomaly.threshold_caveat(1, 0.05, sigmas=3)
+
+
+def test_score_says_where_it_wrote_and_warns_in_one_line_when_the_threshold_is_thin(run_dir, tmp_path, capsys):
+    out, page = tmp_path / "scores.csv", tmp_path / "review.html"
+    run = load(run_dir)
+    n_val = len(dataset_split(run, None, "val")[0])
+    assert n_val < 20  # too few for a 5% false-positive rate
+    assert main(["score", str(run_dir), "--out", str(out), "--report", str(page)]) == 0
+    captured = capsys.readouterr()
+    assert f"scores: {out}" in captured.out and f"review page: {page}" in captured.out
+    assert (
+        captured.err.count("\n") == 1 and f"warning: the threshold rests on {n_val} validation samples" in captured.err
+    )
+    assert html.escape(f"the run's {n_val} normal validation images") in page.read_text()
+    assert main(["score", str(run_dir), "--fpr", "0.1", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and json.loads(captured.out)["validation_samples"] == n_val

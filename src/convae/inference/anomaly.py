@@ -12,6 +12,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -153,7 +155,8 @@ def threshold_for(
 ) -> tuple[float, str, dict[str, Any]]:
     """(threshold, its key, its record for ``thresholds.json``): the score above which at most ``fpr``
     of the run's validation samples (normal data; those of ``exclude_class`` left out) lie, or with
-    ``sigmas`` their mean plus that many standard deviations. Writes nothing: a command records it
+    ``sigmas`` their mean plus that many standard deviations; warns when too few samples stand behind
+    it (:func:`threshold_caveat`). Writes nothing: a command records it
     (:func:`record_threshold`) once everything else it does has succeeded."""
     check_threshold_rule(fpr, sigmas)
     val_scores = validation_scores(run, metric, exclude_class)
@@ -162,8 +165,29 @@ def threshold_for(
     else:  # "higher": at most fpr of the validation samples lie above the threshold.
         threshold, rule = float(np.quantile(val_scores, 1 - fpr, method="higher")), f"fpr={fpr:g}"
     key = f"{metric} {rule}" + (f" without class {exclude_class}" if exclude_class is not None else "")
+    caveat = threshold_caveat(len(val_scores), fpr, sigmas)
+    if caveat:
+        warnings.warn(caveat, stacklevel=3)
     record = {"metric": metric, "rule": rule, "threshold": threshold, "validation_samples": len(val_scores)}
     return threshold, key, record
+
+
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def threshold_caveat(validation_samples: int, fpr: float, sigmas: float | None = None) -> str | None:
+    """Why a threshold set on ``validation_samples`` normal samples cannot mean what its rule says, or
+    None: a false-positive rate of ``fpr`` needs at least ``1 / fpr`` of them to be resolved at all,
+    a spread at least two."""
+    needed = 2 if sigmas is not None else math.ceil(1 / fpr - 1e-9)
+    if validation_samples >= needed:
+        return None
+    rule = "a spread" if sigmas is not None else f"a {fpr:.0%} false-positive rate"
+    return (
+        f"the threshold rests on {plural(validation_samples, 'validation sample')}; {rule} needs at least {needed} "
+        "(hold out more with --val-fraction when training, or set the threshold on the review page, --report)"
+    )
 
 
 def record_threshold(run: Run, key: str, record: dict[str, Any]) -> None:
@@ -290,6 +314,7 @@ def score(
         "threshold": threshold,
         **({"sigmas": sigmas} if sigmas is not None else {"fpr_target": fpr}),
         "samples": len(x),
+        "validation_samples": record["validation_samples"],
         "flagged": int(flagged.sum()),
         "scores": scores,
         "labels": y,
@@ -329,11 +354,12 @@ def _review(run, data, x, y, scored, masks, amaps, result, anomaly_class, fpr, s
     elif y is not None and anomaly_class is not None:
         types = ["good" if int(k) != anomaly_class else f"class {int(k)}" for k in y]
     rule = f"mean + {sigmas:g} sd of" if sigmas is not None else f"{fpr:.0%} false positives on"
+    validated = plural(result["validation_samples"], "normal validation image")
     facts = {
         "data": f"{data or run.config.data} (test split, {len(x)} images)",
         "run": str(run.run_dir),
         "score": result["metric"],
-        "threshold": f"{result['threshold']:.6g} ({rule} the run's normal validation images)",
+        "threshold": f"{result['threshold']:.6g} ({rule} the run's {validated})",
         "flagged": f"{result['flagged']} of {result['samples']}",
     }
     summary = {k: v for k, v in result.items() if k in ("metric", "image_auroc", "pixel_auroc", "aupro", "per_type")}

@@ -3,6 +3,7 @@
     python3 benchmarks/scoring_speed.py                 # inspection preset, RGB, 128x128 and 1024x1024
     python3 benchmarks/scoring_speed.py --large 512     # another large side
     python3 benchmarks/scoring_speed.py --patches       # and what --metric max+patch adds
+    python3 benchmarks/scoring_speed.py --onnx          # and the exported scorer of the large image
 
 Builds the `inspection` preset (untrained weights: speed does not depend on
 them), with its segmenter, behind `convae.inference.scoring.Scorer`, the module
@@ -14,7 +15,11 @@ size); then a large image, which a run trained on 128x128 patches (`--crop
 line: images/s, seconds per large image, windows per large image, and the
 process's peak resident memory. With ``--patches``, also the raw-pixel patch
 distances that ``--metric max+patch`` adds (``convae.inference.patches``, a
-memory of 20,000 patches) on the same images, timed apart.
+memory of 20,000 patches) on the same images, timed apart. With ``--onnx``,
+also the windowed scorer exported for the large image's size (``convae export
+--scores --input-size``: the windows slide inside the graph): the export's
+seconds, the file's size, ONNX Runtime's seconds per large image and its
+largest difference from PyTorch's map.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ def main() -> int:
     parser.add_argument("--large", type=int, default=1024, help="side of the large image (default 1024)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--patches", action="store_true", help="also time the patch distances of max+patch")
+    parser.add_argument("--onnx", action="store_true", help="also export the windowed scorer and time ONNX Runtime")
     args = parser.parse_args()
     import torch
 
@@ -102,8 +108,43 @@ def main() -> int:
             patch_maps(large.cpu().numpy(), memory, scale=s)
         row["patch_seconds_per_large_image"] = float(f"{time.perf_counter() - started:.3g}")
         row["patch_scales"] = list(memories)
+    if args.onnx:
+        row |= onnx_figures(model, windows, segmenter, large)
     print(json.dumps(row))
     return 0
+
+
+def onnx_figures(model, windows, segmenter, large) -> dict:
+    """Export ``windows`` (a windowed Scorer) for ``large``'s size; time the export and ONNX Runtime on it."""
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from convae.inference.export import export
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "scorer.onnx"
+        started = time.perf_counter()
+        export(model.cpu(), path, scorer=windows.cpu(), segmenter=segmenter, input_size=tuple(large.shape[2:]))
+        exported = time.perf_counter() - started
+        session = ort.InferenceSession(str(path))
+        x = large.cpu().numpy()
+        session.run(None, {"input": x})  # warm-up
+        started = time.perf_counter()
+        for _ in range(2):
+            _, onnx_map, _ = session.run(None, {"input": x})
+        per_image = (time.perf_counter() - started) / 2
+        with torch.no_grad():
+            torch_map = windows(large.cpu())[1].numpy()
+        return {
+            "onnx_export_seconds": round(exported, 1),
+            "onnx_mb": round(path.stat().st_size / 2**20, 1),
+            "onnx_seconds_per_large_image": float(f"{per_image:.3g}"),
+            "onnx_max_difference": float(f"{np.abs(onnx_map - torch_map).max():.2g}"),
+        }
 
 
 if __name__ == "__main__":

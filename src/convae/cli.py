@@ -266,6 +266,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         metric=args.metric,
         fpr=args.fpr,
         sigmas=args.sigmas,
+        input_size=args.input_size,
     )
     for info in written:
         outputs, dynamic = ", ".join(info["outputs"]), ", ".join(info["dynamic"])
@@ -451,6 +452,13 @@ def make_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--sigmas", type=float, metavar="K", help="with --scores: the threshold at mean + K sd, as for score"
+    )
+    p.add_argument(
+        "--input-size",
+        type=_shape,
+        metavar="H,W",
+        help="with --scores, for a run trained on patches (--crop): the size of the images the scorer takes; "
+        "the graph slides the windows over them as `convae score` does",
     )
     p.add_argument("--out", required=True, help="output file")
     p.set_defaults(func=_cmd_export)

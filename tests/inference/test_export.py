@@ -138,18 +138,47 @@ def test_torchscript_refuses_sizes_other_than_it_was_traced_at(tmp_path):
             scripted(torch.rand(2, *other))
 
 
-def test_scores_export_of_a_patch_run_is_refused_in_one_line(tmp_path, capsys):
+def test_the_scorer_of_a_patch_run_exports_for_one_image_size_and_slides_the_windows_in_the_graph(tmp_path, capsys):
+    import onnx
+    import onnxruntime as ort
     from helpers import train_inspection_run
+
+    from convae.inference.anomaly import anomaly_scores
+    from convae.inference.run import dataset_split
 
     arch, layout = (
         "conv(8,3,stride=2) relu conv(8,3,stride=2) relu",
         dict(normal=12, test_normal=2, per_defect=1, size=32),
     )
-    run_dir = train_inspection_run(tmp_path, arch, "--epochs", "1", "--batch-size", "8", "--crop", "16", **layout)
-    assert main(["export", str(run_dir), "--scores", "--out", str(tmp_path / "s.onnx")]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "sliding windows" in err and not (tmp_path / "s.onnx").exists()
-    assert main(["export", str(run_dir), "--scores", "--part", "encoder", "--out", str(tmp_path / "s.onnx")]) == 2
+    segmenter = "conv(8,3,stride=2) bn relu skip conv(8,3,stride=2) bn relu"  # DRAEM on patches, as on large photos
+    flags = ("--epochs", "1", "--batch-size", "8", "--crop", "16", "--segmenter", segmenter)
+    run_dir = train_inspection_run(tmp_path, arch, *flags, **layout)
+    out = tmp_path / "s.onnx"
+    for flags, message in (
+        (["--scores"], "trained on 16-pixel patches (--crop) and scores larger images by sliding windows: give"),
+        (["--scores", "--input-size", "12,40"], "--input-size 12,40: the scorer takes 2-D images of at least the 16"),
+        (["--scores", "--input-size", "32"], "--input-size 32: the scorer takes 2-D images"),
+        (["--input-size", "32,32"], "--input-size is for the scorer (--scores) of a run trained on patches"),
+        (["--scores", "--part", "encoder"], "--scores exports the whole scorer"),
+    ):
+        assert main(["export", str(run_dir), *flags, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err and not out.exists(), err
+    assert main(["export", str(run_dir), "--scores", "--input-size", "32,32", "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert "dynamic: batch)" in printed.out  # the windows are laid out for 32x32
+    assert all(line.startswith("warning: ") for line in printed.err.splitlines())  # convae's, not the exporter's
+    run = load(run_dir)
+    x, _, _ = dataset_split(run, None, "test")  # 32x32: 3x3 windows of 16, overlapping by half
+    scores, maps = anomaly_scores(run, x, "max")
+    session = ort.InferenceSession(str(out))
+    reconstruction, anomaly_map, score = session.run(None, {"input": x})
+    assert np.abs(score - scores).max() < 1e-5 and np.abs(anomaly_map - maps).max() < 1e-5
+    assert np.abs(reconstruction - run.reconstruct(x)).max() < 1e-5
+    one = session.run(None, {"input": x[:1]})[2]  # the batch stays dynamic
+    assert np.abs(one - scores[:1]).max() < 1e-5
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert meta["convae.window"] == "16" and json.loads(meta["convae.input_shape"])[1:] == [32, 32]
 
 
 def test_onnx_export_prints_only_what_it_wrote(run_dir, tmp_path):

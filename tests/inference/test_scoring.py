@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -34,6 +36,43 @@ def test_sliding_windows_cover_every_pixel_and_blend_to_the_windows_answer():
     assert maps.shape == (2, 21, 19) and torch.allclose(score, torch.full((2,), 0.0625, dtype=score.dtype))
     with pytest.raises(Exception, match="smaller than the 8-pixel patches"):
         scorer(torch.rand(1, 1, 7, 30))
+
+
+class _Squashed(nn.Module):
+    """A stand-in model whose answer at a pixel depends on where in its window the pixel is."""
+
+    def __init__(self, window: tuple[int, ...]):
+        super().__init__()
+        self.input_shape = (2, *window)
+        self.ramp = torch.linspace(0.5, 1.5, math.prod(window)).reshape(window)
+
+    def forward(self, x):
+        return torch.tanh(x * self.ramp + x.flip(1))
+
+
+@pytest.mark.parametrize("size, window", [((23,), (8,)), ((21, 19), (8, 8)), ((9, 13, 10), (4, 6, 4))])
+@pytest.mark.parametrize("all_windows", [False, True])
+def test_the_blend_is_the_weighted_mean_of_each_window_s_answer_where_it_lies(size, window, all_windows, monkeypatch):
+    import itertools
+
+    from convae.inference import scoring
+
+    monkeypatch.setattr(scoring, "WINDOW_BATCH", 5)  # several chunks of windows
+    model = _Squashed(window)
+    x = torch.rand(3, 2, *size)
+    scorer = Scorer(model, Normalizer("none"), "mse", window=window[0], all_windows=all_windows)
+    scorer.window = window  # a window that is not a cube, to catch axes mixed up
+    x_hat, err = scorer.residual(x)
+    # the reference: each window's slice, answered alone, added back where it was cut
+    weight, total = importance(window), torch.zeros(size)
+    want_hat, want_err = torch.zeros_like(x), torch.zeros(3, *size)
+    for corner in itertools.product(*(window_starts(s, w) for s, w in zip(size, window))):
+        where = tuple(slice(c, c + w) for c, w in zip(corner, window))
+        answer = model(x[(..., *where)])
+        want_hat[(..., *where)] += answer * weight
+        want_err[(slice(None), *where)] += ((answer - x[(..., *where)]) ** 2).mean(1) * weight
+        total[where] += weight
+    assert torch.allclose(x_hat, want_hat / total, atol=1e-6) and torch.allclose(err, want_err / total, atol=1e-6)
 
 
 def test_the_blend_weighs_window_centres_above_their_edges():

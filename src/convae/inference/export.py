@@ -15,10 +15,15 @@ exactly (the output padding of each transposed convolution is computed from
 the input's shape inside the graph). A TorchScript trace holds the sizes it
 was traced at, so a TorchScript export refuses any other sample shape with
 an error that names both.
+
+The scorer of a run trained on patches (``--crop``) takes images of one size,
+given at export (``input_size``): the graph slides the windows over them and
+blends the windows' outputs as ``convae score`` does, every window in one batch.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import warnings
@@ -43,9 +48,9 @@ OUTPUTS = {
     "segmenter": ["anomaly_map"],
     "scorer": ["reconstruction", "anomaly_map", "score"],
 }
-WINDOWS_NOT_EXPORTED = (
-    "this run trained on patches (--crop) and scores larger images by sliding windows, which an "
-    "exported graph does not do: export without --scores and slide the windows in your code"
+WINDOWS_NEED_A_SIZE = (
+    "this run trained on {window}-pixel patches (--crop) and scores larger images by sliding windows: "
+    "give --input-size H,W, the size of the images the exported scorer will take"
 )
 LAYOUTS = {3: "N,C,L", 4: "N,C,H,W", 5: "N,C,D,H,W"}
 
@@ -130,21 +135,28 @@ def export(
     scorer: Scorer | None = None,
     segmenter: nn.Module | None = None,
     metadata: dict[str, Any] | None = None,
+    input_size: tuple[int, ...] | None = None,
 ) -> dict[str, Any]:
     """Write ``part`` of ``model`` (with ``normalizer`` inside; none: inputs as the network takes them),
-    or the whole ``scorer``, to ``path``; returns what was written, its outputs and which axes are dynamic."""
+    or the whole ``scorer``, to ``path``; returns what was written, its outputs and which axes are dynamic.
+    ``input_size``: the spatial size a windowed scorer (a run trained on patches) takes."""
     if fmt not in FORMATS:
         raise ConvaeError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     model = model.eval().to("cpu", memory_format=torch.contiguous_format)
     normalizer = normalizer or Normalizer("none")
     if scorer is not None:
-        scorer = scorer.eval().to("cpu")
-        if scorer.window is not None:
-            raise ConvaeError(WINDOWS_NOT_EXPORTED)
+        check_input_size(scorer.window, input_size)
+        scorer = copy.copy(scorer.eval().to("cpu"))  # the caller's scorer keeps taking windows in batches
+        scorer.all_windows = True
         part = "scorer"
+    elif input_size is not None:
+        raise ConvaeError(INPUT_SIZE_FOR_WINDOWS)
     module, example = _module(model, normalizer, part, scorer, segmenter)
+    if input_size is not None:
+        example = torch.rand(*example.shape[:2], *input_size)
     zca = normalizer.mode == "zca"  # a whitening matrix of the trained sample size
-    spatial_dynamic = part != "decoder" and not model.has_dense and not zca and fmt == "onnx"
+    windowed = scorer is not None and scorer.window is not None  # its windows are laid out for one size
+    spatial_dynamic = part != "decoder" and not model.has_dense and not zca and fmt == "onnx" and not windowed
     names = OUTPUTS[part]
     meta = {
         **(metadata or {}),
@@ -153,6 +165,7 @@ def export(
         "input_layout": "N,D" if part == "decoder" else LAYOUTS.get(example.dim(), "N,C,..."),
         "input_shape": list(example.shape[1:]),
         "outputs": names,
+        **({"window": scorer.window[0]} if windowed else {}),
     }
     path = Path(path)
     if fmt == "torchscript":
@@ -168,6 +181,28 @@ def export(
     return {"path": str(path), "format": fmt, "part": part, "outputs": names, "dynamic": dims}
 
 
+INPUT_SIZE_FOR_WINDOWS = (
+    "--input-size is for the scorer (--scores) of a run trained on patches (--crop); "
+    "other exports take the size the model does"
+)
+
+
+def check_input_size(window: tuple[int, ...] | None, input_size: tuple[int, ...] | None) -> None:
+    """Refuse, in one line, a scorer's export whose image size is missing, not needed or too small."""
+    if window is None:
+        if input_size is not None:
+            raise ConvaeError(INPUT_SIZE_FOR_WINDOWS)
+        return
+    if input_size is None:
+        raise ConvaeError(WINDOWS_NEED_A_SIZE.format(window=window[0]))
+    if len(input_size) != len(window) or any(s < w for s, w in zip(input_size, window)):
+        shown = ",".join(map(str, input_size))
+        raise ConvaeError(
+            f"--input-size {shown}: the scorer takes {len(window)}-D images of at least the "
+            f"{window[0]}-pixel patches the run trained on"
+        )
+
+
 def _export_onnx(
     module: nn.Module, example: Tensor, path: Path, spatial_dynamic: bool, input_name: str, names: list[str], meta: dict
 ) -> None:
@@ -180,11 +215,13 @@ def _export_onnx(
     if spatial_dynamic:
         for axis in range(2, example.dim()):
             shapes[axis] = torch.export.Dim.AUTO
-    # The exporter logs a warning per torchvision op it skips when torchvision is absent (convae never uses them).
-    exporter_log = logging.getLogger("torch.onnx")
-    level = exporter_log.level
+    # The exporter logs a warning per torchvision op it skips when torchvision is absent (convae never uses
+    # them), and its IR one per empty attribute it builds (a windowed scorer's): neither is the user's to act on.
+    exporter_logs = [logging.getLogger(name) for name in ("torch.onnx", "onnx_ir", "onnxscript")]
+    levels = [log.level for log in exporter_logs]
     try:
-        exporter_log.setLevel(logging.ERROR)
+        for log in exporter_logs:
+            log.setLevel(logging.ERROR)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
@@ -201,7 +238,8 @@ def _export_onnx(
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConvaeError(f"this model cannot be exported to ONNX: {first[:300]}") from None
     finally:
-        exporter_log.setLevel(level)
+        for log, level in zip(exporter_logs, levels):
+            log.setLevel(level)
     proto = program.model_proto
     for key, value in meta.items():
         entry = proto.metadata_props.add()
@@ -220,11 +258,13 @@ def export_run(
     metric: str | None = None,
     fpr: float = 0.05,
     sigmas: float | None = None,
+    input_size: tuple[int, ...] | None = None,
 ) -> list[dict[str, Any]]:
     """Export a trained run: ``part`` (``all``: every part it has, as ``NAME.PART.EXT`` beside ``out``),
     or with ``scores`` the scorer, whose threshold is set as ``convae score`` sets it (``fpr`` on the
     run's validation data, or ``sigmas``: their mean plus that many standard deviations, for ``metric``;
-    default: max for data with defect masks, else mse)."""
+    default: max for data with defect masks, else mse). A run trained on patches (``--crop``) exports
+    a scorer of images of ``input_size`` (its spatial size), which slides the windows over them."""
     from convae.inference.anomaly import default_metric, record_threshold, threshold_for
     from convae.inference.run import load
 
@@ -243,8 +283,8 @@ def export_run(
     meta = run_metadata(run.config, run.normalizer)
     scorer = None
     if scores:
-        if run.config.crop is not None:
-            raise ConvaeError(WINDOWS_NOT_EXPORTED)  # before the threshold is set, which takes a while
+        window = (run.config.crop,) * (len(run.model.input_shape) - 1) if run.config.crop else None
+        check_input_size(window, input_size)  # before the threshold is set, which takes a while
         if metric is None:  # the codes' scores are not in a graph: a one-class run exports its mse
             metric = default_metric(run.own_data(), run).replace("mse+knn", "mse")
         if "knn" in metric or "patch" in metric:
@@ -254,9 +294,19 @@ def export_run(
         threshold, key, record = threshold_for(run, metric, fpr, sigmas=sigmas)
         rule = {"sigmas": sigmas} if sigmas is not None else {"fpr": fpr}
         meta |= {"metric": metric, "threshold": threshold, **rule, "smoothing": SMOOTHING}
+    elif input_size is not None:
+        raise ConvaeError(INPUT_SIZE_FOR_WINDOWS)
     written = [
         export(
-            run.model, path, fmt, p, normalizer=run.normalizer, scorer=scorer, segmenter=run.segmenter, metadata=meta
+            run.model,
+            path,
+            fmt,
+            p,
+            normalizer=run.normalizer,
+            scorer=scorer,
+            segmenter=run.segmenter,
+            metadata=meta,
+            input_size=input_size,
         )
         for p, path in paths.items()
     ]

@@ -12,7 +12,9 @@ patch term, each fused the same way:
 - ``centred``: each patch minus its own mean per channel (blind to slow changes of brightness
   between regions; a smudge is then the segmenter's to find);
 - ``half``: 9x9 patches of the image at half resolution (18 pixels of context), the map upsampled;
-- ``raw+half``: both terms, three peaks summed.
+- ``raw+half``: both terms, three peaks summed (convae's ``max+patch`` since 2026-12-04);
+- ``quarter``: 9x9 patches at a quarter of the resolution (36 pixels of context: a blob of another
+  texture, a swirl); ``raw+half+quarter``: all three scales, four peaks summed.
 
 Decided on the kinds the generator makes (foreign, smudge: ``tuned`` in the output); the held-out
 kinds (scratch, crack, warp) are reported, never chosen on.
@@ -122,11 +124,12 @@ def main() -> None:
             "raw": (False, 1),
             "centred": (True, 1),
             "half": (False, 2),
+            "quarter": (False, 4),
         }
         maps = {k: (distance_maps(train, val, *v), distance_maps(train, test, *v)) for k, v in terms.items()}
         row = {"category": category}
         row["segmenter"] = measures(peak(seg_test), blur_test, y, masks, kinds)
-        for name in [*terms, "raw+half"]:
+        for name in [*terms, "raw+half", "raw+half+quarter"]:
             parts = name.split("+")
             score = z(peak(seg_test), peak(seg_val)) + sum(z(peak(maps[p][1]), peak(maps[p][0])) for p in parts)
             pixel = z(blur_test, blur_val) + sum(z(maps[p][1], maps[p][0]) for p in parts)

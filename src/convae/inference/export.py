@@ -144,13 +144,11 @@ def export(
         raise ConvaeError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     model = model.eval().to("cpu", memory_format=torch.contiguous_format)
     normalizer = normalizer or Normalizer("none")
+    check_input_size(scorer.window if scorer is not None else None, input_size)
     if scorer is not None:
-        check_input_size(scorer.window, input_size)
         scorer = copy.copy(scorer.eval().to("cpu"))  # the caller's scorer keeps taking windows in batches
         scorer.all_windows = True
         part = "scorer"
-    elif input_size is not None:
-        raise ConvaeError(INPUT_SIZE_FOR_WINDOWS)
     module, example = _module(model, normalizer, part, scorer, segmenter)
     if input_size is not None:
         example = torch.rand(*example.shape[:2], *input_size)
@@ -188,7 +186,8 @@ INPUT_SIZE_FOR_WINDOWS = (
 
 
 def check_input_size(window: tuple[int, ...] | None, input_size: tuple[int, ...] | None) -> None:
-    """Refuse, in one line, a scorer's export whose image size is missing, not needed or too small."""
+    """Refuse, in one line, an export whose image size is missing (a windowed scorer's), not needed
+    (``window`` None: no scorer, or one of whole images) or too small."""
     if window is None:
         if input_size is not None:
             raise ConvaeError(INPUT_SIZE_FOR_WINDOWS)
@@ -283,19 +282,17 @@ def export_run(
     meta = run_metadata(run.config, run.normalizer)
     scorer = None
     if scores:
-        window = (run.config.crop,) * (len(run.model.input_shape) - 1) if run.config.crop else None
-        check_input_size(window, input_size)  # before the threshold is set, which takes a while
         if metric is None:  # the codes' scores are not in a graph: a one-class run exports its mse
             metric = default_metric(run.own_data(), run).replace("mse+knn", "mse")
         if "knn" in metric or "patch" in metric:
             compared = "patches" if "patch" in metric else "codes"
             raise ConvaeError(f"the {metric} score compares {compared} with the training set's; it is not exported")
         scorer = run.scorer(metric)
+    check_input_size(scorer.window if scorer is not None else None, input_size)  # before the slow threshold
+    if scorer is not None:
         threshold, key, record = threshold_for(run, metric, fpr, sigmas=sigmas)
         rule = {"sigmas": sigmas} if sigmas is not None else {"fpr": fpr}
         meta |= {"metric": metric, "threshold": threshold, **rule, "smoothing": SMOOTHING}
-    elif input_size is not None:
-        raise ConvaeError(INPUT_SIZE_FOR_WINDOWS)
     written = [
         export(
             run.model,
